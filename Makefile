@@ -23,7 +23,7 @@ $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMPS)/requirements: requirements.txt scripts/fix_ros_wheel_cmake.py | $(VENV_PYTHON)
-	$(VENV_PYTHON) -m pip install --quiet --requirement requirements.txt
+	$(VENV_PYTHON) -m pip install -qq --requirement requirements.txt
 	$(VENV_PYTHON) scripts/fix_ros_wheel_cmake.py
 	@mkdir -p $(STAMPS) && touch $@
 
@@ -35,7 +35,7 @@ $(STAMPS)/msgs: $(STAMPS)/requirements $(wildcard msg/*.txt msg/*.xml msg/msg/*.
 	@touch $@
 
 $(STAMPS)/package: $(STAMPS)/msgs setup.py setup.cfg package.xml $(wildcard launch/* config/*)
-	$(VENV_PYTHON) -m pip install --quiet --no-deps --no-build-isolation --editable .
+	$(VENV_PYTHON) -m pip install -qq --no-deps --no-build-isolation --editable .
 	@touch $@
 
 test: setup

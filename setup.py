@@ -23,6 +23,8 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
+            'ctr-vla-predict = ctr_vla_ros.tools.predict:main',
+            'ctr-vla-make-checkpoint = ctr_vla_ros.tools.make_checkpoint:main',
         ],
     },
 )

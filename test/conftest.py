@@ -3,6 +3,9 @@
 import itertools
 import os
 import random
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 
@@ -20,3 +23,27 @@ def ros_domain(monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setenv('ROS_DOMAIN_ID', str(domain_id))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     return domain_id
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random-weight checkpoint in the official on-disk format, generated once per test run."""
+    from ctr_vla_ros.tools.make_checkpoint import write_checkpoint
+
+    directory = tmp_path_factory.mktemp('checkpoints') / 'tiny'
+    write_checkpoint(directory, size='tiny', seed=0)
+    return directory
+
+
+LIBERO_SEQUENCES = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'libero'
+
+
+@pytest.fixture(scope='session')
+def libero_sequence():
+    """A recorded LIBERO query-cadence episode (../shared/data/libero): agentview, wrist (40x256x256x3 uint8,
+    upright), proprio8 (40x8), instruction."""
+    path = LIBERO_SEQUENCES / 'libero_spatial_t0_i0.npz'
+    if not path.is_file():
+        pytest.skip(f'LIBERO sequences not found at {LIBERO_SEQUENCES} (clone with ../shared beside the repo)')
+    data = np.load(path)
+    return {key: data[key] for key in ('agentview', 'wrist', 'proprio8')} | {'instruction': str(data['instruction'])}

@@ -1,0 +1,50 @@
+"""Attention over a key/value store that may hold cached rows (the seam the CTR engine uses).
+
+Both the vision towers and the LLM attend the same way: the rows being computed produce fresh keys and values; if a
+`KeyValueCache` is given, those are written into the cache at their rows and the queries attend over the whole
+cache (fresh rows plus rows kept from an earlier query); otherwise the queries attend over the fresh keys only.
+Attention is fused scaled-dot-product attention with no mask: the towers and OpenVLA-OFT's LLM are bidirectional.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass
+class KeyValueCache:
+    """Keys and values of every token of one attention layer, shape (1, heads, tokens, head_dim)."""
+
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class AttentionProbe:
+    """Asks one layer for the mean attention of some query rows onto some key rows (averaged over heads and
+    queries), with one small extra matmul instead of materialising the attention maps."""
+
+    query_rows: torch.Tensor  # indices into the rows being computed
+    key_rows: torch.Tensor  # indices into the full key sequence
+    scores: torch.Tensor | None = None  # filled by `attend`: one score per key row
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cache: KeyValueCache | None = None,
+           rows: torch.Tensor | None = None, probe: AttentionProbe | None = None) -> torch.Tensor:
+    """query/key/value: (1, heads, computed rows, head_dim). `rows`: the sequence positions of the computed rows
+    (None: every row, in order). Returns the attention output for the computed rows."""
+    if cache is not None:
+        if rows is None:  # every row is fresh: the cache simply becomes these keys and values
+            cache.key, cache.value = key, value
+        else:
+            cache.key.index_copy_(2, rows, key)
+            cache.value.index_copy_(2, rows, value)
+        key, value = cache.key, cache.value
+    if probe is not None:
+        probe_queries = query[:, :, probe.query_rows].float()
+        weights = torch.softmax(probe_queries @ key.float().transpose(-1, -2) * query.shape[-1] ** -0.5, dim=-1)
+        probe.scores = weights[..., probe.key_rows].mean(dim=(0, 1, 2))
+    return F.scaled_dot_product_attention(query, key, value)

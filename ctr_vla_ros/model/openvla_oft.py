@@ -1,0 +1,105 @@
+"""OpenVLA-OFT assembled: one forward pass from preprocessed inputs to one normalised action chunk.
+
+Sequence layout (V visual tokens = 256 per image, L = prompt ids including BOS, up to "Out:"):
+
+    0                BOS
+    1 .. V           visual tokens, images in model order, patches in raster order
+    V+1              proprio token
+    V+2 .. V+L       prompt ids 1 .. L-1
+    V+1+L            the SentencePiece space token ("▁", id 29871 in Llama-2)
+    V+2+L ..         chunk*action_dim action slots, zero embeddings
+    last             EOS
+
+The action head reads the final-norm hidden states one position left of the action slots (the space token and all
+action slots but the last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ctr_vla_ros.model.config import ModelArchitecture
+from ctr_vla_ros.model.heads import FusedGeluProjector, L1RegressionActionHead, ProprioProjector
+from ctr_vla_ros.model.llama import LanguageModel
+from ctr_vla_ros.model.vision import FusedVisionBackbone
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceLayout:
+    num_visual_tokens: int
+    prompt_length: int  # L: prompt ids including BOS, without the space token
+    num_action_slots: int
+
+    @property
+    def proprio_position(self) -> int:
+        return self.num_visual_tokens + 1
+
+    @property
+    def length(self) -> int:
+        return self.num_visual_tokens + self.prompt_length + self.num_action_slots + 3
+
+    @property
+    def prompt_positions(self) -> range:
+        """Positions of prompt ids 1 .. L-1 (the instruction text, without BOS)."""
+        return range(self.num_visual_tokens + 2, self.num_visual_tokens + 1 + self.prompt_length)
+
+    @property
+    def action_hidden_positions(self) -> range:
+        """The positions the action head reads: one left of each action slot."""
+        start = self.num_visual_tokens + 1 + self.prompt_length
+        return range(start, start + self.num_action_slots)
+
+
+class OpenVlaOft(nn.Module):
+    def __init__(self, architecture: ModelArchitecture) -> None:
+        super().__init__()
+        self.architecture = architecture
+        hidden_size = architecture.llm.hidden_size
+        action = architecture.action
+        self.vision_backbone = FusedVisionBackbone(architecture.vision_towers)
+        self.projector = FusedGeluProjector(architecture.fused_vision_width, hidden_size)
+        self.language_model = LanguageModel(architecture.llm)
+        self.proprio_projector = ProprioProjector(action.proprio_dim, hidden_size)
+        self.action_head = L1RegressionActionHead(hidden_size, action.chunk_size, action.action_dim)
+
+    def layout(self, prompt_length: int) -> SequenceLayout:
+        return SequenceLayout(self.architecture.num_visual_tokens, prompt_length,
+                              self.architecture.action.num_action_slots)
+
+    def text_embeddings(self, prompt_ids: torch.Tensor, space_token_id: int, stop_token_id: int,
+                        normalized_proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of every non-visual position: BOS (1, 1, hidden), and everything after the visual tokens
+        (1, layout.length - V - 1, hidden): proprio, prompt ids 1.., space token, zero action slots, stop."""
+        embed_tokens = self.language_model.model.embed_tokens
+        device = prompt_ids.device
+        bos = embed_tokens(prompt_ids[:1])
+        proprio = self.proprio_projector(normalized_proprio.to(bos.dtype)).reshape(1, -1)
+        prompt = embed_tokens(prompt_ids[1:])
+        space = embed_tokens(torch.tensor([space_token_id], device=device))
+        slots = bos.new_zeros(self.architecture.action.num_action_slots, bos.shape[-1])
+        stop = embed_tokens(torch.tensor([stop_token_id], device=device))
+        return bos[None], torch.cat([proprio, prompt, space, slots, stop])[None]
+
+    def predict_actions(self, action_hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + action head on the hidden states at `action_hidden_positions`: (chunk, action_dim), fp32."""
+        return self.action_head(self.language_model.model.norm(action_hidden)).float()
+
+    @torch.inference_mode()
+    def forward(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor, prompt_ids: torch.Tensor,
+                space_token_id: int, stop_token_id: int) -> torch.Tensor:
+        """The reference full-recompute step, exactly as the release computes it.
+
+        pixel_values: (num_images, 6, 224, 224) in the model dtype; normalized_proprio: (proprio_dim,);
+        prompt_ids: (L,) with BOS first. Returns normalised actions (chunk, action_dim), fp32."""
+        layout = self.layout(len(prompt_ids))
+        hidden_size = self.architecture.llm.hidden_size
+        visual = self.projector(self.vision_backbone(pixel_values)).reshape(1, -1, hidden_size)
+        bos, rest = self.text_embeddings(prompt_ids, space_token_id, stop_token_id, normalized_proprio)
+        embeddings = torch.cat([bos, visual, rest], dim=1)
+        positions = torch.arange(layout.length, device=embeddings.device)
+        hidden = self.language_model.model(embeddings, positions)
+        action_positions = layout.action_hidden_positions
+        return self.predict_actions(hidden[0, action_positions.start:action_positions.stop])
