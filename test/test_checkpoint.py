@@ -122,7 +122,7 @@ def test_architecture_override_file(tiny_checkpoint, broken, tmp_path, libero_se
 def test_predict_command_writes_the_policys_chunk(tiny_checkpoint, libero_sequence, tmp_path):
     np.save(tmp_path / 'primary.npy', libero_sequence['agentview'][2])
     np.save(tmp_path / 'wrist.npy', libero_sequence['wrist'][2])
-    state = ','.join(str(value) for value in libero_sequence['proprio8'][2])
+    state = ','.join(repr(float(value)) for value in libero_sequence['proprio8'][2])
     command = [sys.executable, '-m', 'ctr_vla_ros.tools.predict', '--checkpoint', str(tiny_checkpoint),
                '--primary', str(tmp_path / 'primary.npy'), '--wrist', str(tmp_path / 'wrist.npy'),
                f'--state={state}', '--instruction', libero_sequence['instruction'], '--unnorm-key', UNNORM_KEY,

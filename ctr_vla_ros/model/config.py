@@ -171,12 +171,23 @@ def architecture_to_dict(architecture: ModelArchitecture) -> dict[str, Any]:
         'vision_towers': [dataclasses.asdict(tower) for tower in architecture.vision_towers]}
 
 
+_FIELD_TYPES = {'int': int, 'float': float, 'str': str}
+
+
 def _make(cls: type, values: dict[str, Any], section: str) -> Any:
-    names = {field.name for field in dataclasses.fields(cls)}
-    unknown = set(values) - names
+    """Build a config dataclass, refusing unknown keys and converting values to the declared types (YAML reads
+    `1e-6` as a string)."""
+    fields = {field.name: _FIELD_TYPES[field.type] for field in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
     if unknown:
-        raise ArchitectureError(f'unknown keys {sorted(unknown)} in "{section}"; expected some of {sorted(names)}')
-    return cls(**values)
+        raise ArchitectureError(f'unknown keys {sorted(unknown)} in "{section}"; expected some of {sorted(fields)}')
+    converted = {}
+    for key, value in values.items():
+        try:
+            converted[key] = fields[key](value)
+        except (TypeError, ValueError) as error:
+            raise ArchitectureError(f'"{section}.{key}": {value!r} is not a {fields[key].__name__}') from error
+    return cls(**converted)
 
 
 def read_checkpoint_config(checkpoint_dir: str | Path) -> dict[str, Any]:
