@@ -1,14 +1,18 @@
 """The policy as the ROS nodes and tools use it: raw camera images, robot state and an instruction in, one action
-chunk out. Plain Python/PyTorch, no ROS. Every input is validated before anything reaches the model."""
+chunk out, computed by the CTR engine (with CTR disabled it is the plain full-recompute model through the same code
+path). Plain Python/PyTorch, no ROS. Every input is validated before anything reaches the model."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from ctr_vla_ros.ctr.config import CtrConfig
+from ctr_vla_ros.ctr.engine import CtrEngine, ModelInput, StepReport
 from ctr_vla_ros.model.checkpoint import LoadedCheckpoint
 from ctr_vla_ros.model.normalization import normalize_proprio, unnormalize_actions
 from ctr_vla_ros.model.preprocess import pixel_values, prepare_image
@@ -19,26 +23,17 @@ class InputError(ValueError):
 
 
 @dataclasses.dataclass
-class PreparedQuery:
-    """Everything one model query consumes, already in model form."""
-
-    instruction: str
-    model_images: list[np.ndarray]  # the 224x224x3 uint8 images the model sees, in model order
-    pixel_values: torch.Tensor  # (num_images, 6, 224, 224), model dtype and device
-    normalized_proprio: torch.Tensor  # (proprio_dim,)
-    prompt_ids: torch.Tensor  # (L,), BOS first
-
-
-@dataclasses.dataclass
 class Prediction:
     normalized_actions: np.ndarray  # (chunk, action_dim), the action head's output
     actions: np.ndarray  # (chunk, action_dim), un-normalised with the dataset statistics
+    report: StepReport  # what the CTR engine did: mask, reuse ratios, FLOPs, per-stage time
 
 
 class VlaPolicy:
     def __init__(self, checkpoint: LoadedCheckpoint, unnorm_key: str, rotate180: bool = False,
-                 center_crop: bool = True) -> None:
+                 center_crop: bool = True, ctr: CtrConfig | None = None) -> None:
         self.checkpoint = checkpoint
+        self.engine = CtrEngine(checkpoint.model, checkpoint.tokens, ctr or CtrConfig())
         self.unnorm_key = unnorm_key
         self.statistics = checkpoint.statistics_for(unnorm_key)
         self.rotate180 = rotate180
@@ -50,7 +45,7 @@ class VlaPolicy:
     def layout(self):
         return self.checkpoint.architecture.action
 
-    def prepare(self, images: Sequence[np.ndarray], state: np.ndarray, instruction: str) -> PreparedQuery:
+    def prepare(self, images: Sequence[np.ndarray], state: np.ndarray, instruction: str) -> ModelInput:
         """Validate and convert raw inputs: RGB uint8 images (any size) in model order, the robot state, the task."""
         if len(images) != self.layout.num_images:
             raise InputError(f'expected {self.layout.num_images} camera images, got {len(images)}')
@@ -68,21 +63,21 @@ class VlaPolicy:
         model_images = [prepare_image(image, self.rotate180, self.center_crop) for image in images]
         proprio = normalize_proprio(state, self.statistics['proprio'])
         prompt_ids = self.checkpoint.tokens.prompt_ids(instruction.strip())
-        return PreparedQuery(
-            instruction=instruction.strip(), model_images=model_images,
+        return ModelInput(
+            model_images=model_images, camera_shapes=tuple(image.shape for image in images),
             pixel_values=pixel_values(model_images, self.dtype, self.device),
             normalized_proprio=torch.tensor(proprio, dtype=self.dtype, device=self.device),
             prompt_ids=torch.tensor(prompt_ids, device=self.device))
 
-    def finish(self, normalized_actions: torch.Tensor) -> Prediction:
+    def predict(self, images: Sequence[np.ndarray], state: np.ndarray, instruction: str,
+                timestamp: float | None = None) -> Prediction:
+        """One action chunk. timestamp: the camera stamp in seconds (for the CTR input-gap keyframe)."""
+        started = time.perf_counter()
+        query = self.prepare(images, state, instruction)
+        preprocess_time = time.perf_counter() - started
+        normalized_actions, report = self.engine.step(query, timestamp)
+        report.times.preprocess = preprocess_time
         normalized = normalized_actions.cpu().double().numpy()
         if not np.all(np.isfinite(normalized)):
             raise FloatingPointError('the model produced non-finite actions')
-        return Prediction(normalized, unnormalize_actions(normalized, self.statistics['action']))
-
-    def predict(self, images: Sequence[np.ndarray], state: np.ndarray, instruction: str) -> Prediction:
-        query = self.prepare(images, state, instruction)
-        tokens = self.checkpoint.tokens
-        normalized = self.checkpoint.model(query.pixel_values, query.normalized_proprio, query.prompt_ids,
-                                           tokens.space_id, tokens.stop_id)
-        return self.finish(normalized)
+        return Prediction(normalized, unnormalize_actions(normalized, self.statistics['action']), report)

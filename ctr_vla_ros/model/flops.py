@@ -59,6 +59,8 @@ def count_step_flops(architecture: ModelArchitecture, prompt_length: int,
         patch_embed = 2 * patches * 3 * PATCH_SIZE * PATCH_SIZE * width
         total = 0.0
         for computed in computed_patches:
+            if computed == 0:
+                continue  # an image whose every patch is reused skips its towers entirely
             rows = computed + tower.num_prefix_tokens
             per_block = 2 * rows * (4 * width * width + 2 * width * tower.mlp_width) + 4 * rows * tokens * width
             total += patch_embed + tower.computed_depth * per_block

@@ -1,0 +1,101 @@
+"""All CTR settings in one validated object, loadable from YAML (the `ctr:` section of the node's config file)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STATIC_METRICS = ('gray_difference', 'rgb_cosine')
+REFERENCES = ('patch', 'query')
+
+
+@dataclasses.dataclass(frozen=True)
+class CtrConfig:
+    # Master switch. Off: every query recomputes everything through the same code path (the fair baseline).
+    enabled: bool = True
+    # The paper's switch ablation: reuse in the vision encoder / in the LLM.
+    vision_reuse: bool = True
+    llm_reuse: bool = True
+    # Static patches: mean absolute grayscale difference in [0, 1] below `difference_threshold`, or RGB cosine
+    # similarity above `cosine_threshold` (VLA-Cache's metric).
+    static_metric: str = 'gray_difference'
+    difference_threshold: float = 0.004
+    cosine_threshold: float = 0.996
+    # What a patch is compared with: 'patch' = the pixels it had when it was last recomputed (stops slow drift from
+    # accumulating unnoticed); 'query' = the previous query's image (the paper).
+    reference: str = 'patch'
+    # Task relevance: the top_k visual tokens (over all cameras) by the previous query's prompt-to-vision attention
+    # at LLM layer `attention_layer` (negative counts from the last layer) are always recomputed.
+    top_k: int = 160
+    attention_layer: int = -1
+    # At most this many reused patches per image (0: no cap). The public OpenVLA-OFT setting is 120 of 256.
+    max_reuse_per_image: int = 120
+    # Every keyframe_interval-th query recomputes everything and refreshes every cache.
+    keyframe_interval: int = 5
+    # A gap between queries longer than this (seconds) forces a keyframe.
+    input_timeout: float = 1.0
+    # LLM layers before this one compute every position; from it on, reused visual positions keep cached K/V.
+    llm_reuse_start_layer: int = 0
+    # Mask-consistency ablation: scale the static threshold on one side only (1.0 and 1.0 = one unified mask).
+    vision_threshold_scale: float = 1.0
+    llm_threshold_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.static_metric not in STATIC_METRICS:
+            problems.append(f'static_metric must be one of {STATIC_METRICS}, got {self.static_metric!r}')
+        if self.reference not in REFERENCES:
+            problems.append(f'reference must be one of {REFERENCES}, got {self.reference!r}')
+        if not 0 <= self.difference_threshold <= 1:
+            problems.append(f'difference_threshold must be in [0, 1], got {self.difference_threshold}')
+        if not -1 <= self.cosine_threshold <= 1:
+            problems.append(f'cosine_threshold must be in [-1, 1], got {self.cosine_threshold}')
+        for name in ('top_k', 'max_reuse_per_image', 'llm_reuse_start_layer'):
+            if getattr(self, name) < 0:
+                problems.append(f'{name} must be >= 0, got {getattr(self, name)}')
+        if self.keyframe_interval < 1:
+            problems.append(f'keyframe_interval must be >= 1, got {self.keyframe_interval}')
+        if self.input_timeout <= 0:
+            problems.append(f'input_timeout must be > 0, got {self.input_timeout}')
+        if self.vision_threshold_scale <= 0 or self.llm_threshold_scale <= 0:
+            problems.append('threshold scales must be > 0')
+        if problems:
+            raise ValueError('invalid CTR settings: ' + '; '.join(problems))
+
+    @property
+    def unified(self) -> bool:
+        return self.vision_threshold_scale == self.llm_threshold_scale
+
+    def replace(self, **changes: Any) -> CtrConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CtrConfig:
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ValueError(f'unknown CTR settings {sorted(unknown)}; known: {sorted(fields)}')
+        converted = {}
+        for name, value in values.items():
+            kind = type(fields[name].default)
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError(f'CTR setting {name} must be true or false, got {value!r}')
+            converted[name] = kind(value)
+        return cls(**converted)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, section: str | None = 'ctr') -> CtrConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict(data.get(section, {}) if section else data)
+
+
+# Documented presets (see the README's benchmark section).
+PRESETS = {
+    'paper': CtrConfig(),
+    'off': CtrConfig(enabled=False),
+    # More reuse: no per-image cap, fewer forced task-relevant patches, rarer keyframes.
+    'fast': CtrConfig(top_k=32, max_reuse_per_image=0, keyframe_interval=10, difference_threshold=0.02),
+}

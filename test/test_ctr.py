@@ -1,0 +1,238 @@
+"""The CTR engine: exact where it must be, keyframes on every reset condition, mask semantics."""
+
+import numpy as np
+import pytest
+import torch
+
+from ctr_vla_ros.ctr.config import CtrConfig
+from ctr_vla_ros.ctr.engine import CtrEngine, PatchState
+from ctr_vla_ros.ctr.mask import patch_cosine_similarity, patch_difference, reuse_mask, top_k_relevant
+from ctr_vla_ros.model.attention import AttentionProbe
+from ctr_vla_ros.model.checkpoint import load_checkpoint
+from ctr_vla_ros.model.llama import apply_rotary
+from ctr_vla_ros.policy import VlaPolicy
+
+UNNORM_KEY = 'libero_spatial_no_noops'
+EXACT = 1e-5
+# Everything static, nothing forced, no cap, no interval keyframes: every patch reused after the first query.
+REUSE_EVERYTHING = CtrConfig(difference_threshold=1.0, top_k=0, max_reuse_per_image=0, keyframe_interval=1000,
+                             input_timeout=1e6)
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tiny_checkpoint):
+    return load_checkpoint(tiny_checkpoint)
+
+
+def make_policy(checkpoint, config):
+    return VlaPolicy(checkpoint, UNNORM_KEY, center_crop=False, ctr=config)
+
+
+def inputs(sequence, index, instruction=None):
+    return ([sequence['agentview'][index], sequence['wrist'][index]], sequence['proprio8'][index],
+            instruction or sequence['instruction'])
+
+
+def plain_model(policy, *query_inputs):
+    query = policy.prepare(*query_inputs)
+    tokens = policy.checkpoint.tokens
+    with torch.inference_mode():
+        return policy.checkpoint.model(query.pixel_values, query.normalized_proprio, query.prompt_ids,
+                                       tokens.space_id, tokens.stop_id).double().numpy()
+
+
+def test_keyframe_equals_plain_model(checkpoint, libero_sequence):
+    policy = make_policy(checkpoint, CtrConfig())
+    prediction = policy.predict(*inputs(libero_sequence, 0))
+    assert prediction.report.keyframe_reason == 'first_query'
+    assert np.all(prediction.report.patch_states == PatchState.KEYFRAME)
+    reference = plain_model(policy, *inputs(libero_sequence, 0))
+    assert np.abs(prediction.normalized_actions - reference).max() <= EXACT
+
+
+def test_disabled_engine_equals_plain_model_every_query(checkpoint, libero_sequence):
+    policy = make_policy(checkpoint, CtrConfig(enabled=False))
+    for index in range(3):
+        prediction = policy.predict(*inputs(libero_sequence, index))
+        assert prediction.report.keyframe_reason == 'ctr_disabled'
+        assert prediction.report.flops.total == prediction.report.full_recompute_flops.total
+        assert np.abs(prediction.normalized_actions - plain_model(policy, *inputs(libero_sequence, index))).max() \
+            <= EXACT
+
+
+@pytest.mark.parametrize('config', [
+    REUSE_EVERYTHING,
+    REUSE_EVERYTHING.replace(vision_reuse=False),
+    REUSE_EVERYTHING.replace(llm_reuse=False),
+    REUSE_EVERYTHING.replace(llm_reuse_start_layer=1, attention_layer=0),
+    REUSE_EVERYTHING.replace(top_k=150),  # a partial mask: recomputed rows attend over cached rows
+    REUSE_EVERYTHING.replace(top_k=40, max_reuse_per_image=100, static_metric='rgb_cosine',
+                             cosine_threshold=-1.0),
+], ids=['all-reused', 'llm-only', 'vision-only', 'llm-from-layer-1', 'partial', 'capped-cosine'])
+def test_identical_inputs_with_reuse_equal_plain_model(checkpoint, libero_sequence, config):
+    policy = make_policy(checkpoint, config)
+    first = policy.predict(*inputs(libero_sequence, 5))
+    second = policy.predict(*inputs(libero_sequence, 5))
+    report = second.report
+    assert report.keyframe_reason == ''
+    reused = (report.vision_reuse if config.vision_reuse else report.llm_reuse).mean()
+    assert reused > 0.3, 'the test must actually reuse'
+    if config is REUSE_EVERYTHING:
+        assert report.vision_reuse.tolist() == [1.0, 1.0] and report.llm_reuse.tolist() == [1.0, 1.0]
+        assert report.flops.vision_total == 0 and report.flops.projector == 0
+    reference = plain_model(policy, *inputs(libero_sequence, 5))
+    assert np.abs(first.normalized_actions - reference).max() <= EXACT
+    assert np.abs(second.normalized_actions - reference).max() <= EXACT
+
+
+def test_reuse_changes_the_output_when_inputs_change(checkpoint, libero_sequence):
+    """The converse of exactness: reused states are really used (not silently recomputed)."""
+    policy = make_policy(checkpoint, REUSE_EVERYTHING)
+    policy.predict(*inputs(libero_sequence, 0))
+    reused = policy.predict(*inputs(libero_sequence, 20))
+    assert np.abs(reused.normalized_actions - plain_model(policy, *inputs(libero_sequence, 20))).max() > 1e-3
+
+
+def drifted(image, patch_value_offset):
+    """The image with patch (0, 0) of the 16x16 grid brightened by a whole number of grey levels."""
+    out = image.astype(np.int16).copy()
+    out[:14, :14] += patch_value_offset
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize('reference, expected_third_state', [('patch', PatchState.RECOMPUTED_DYNAMIC),
+                                                             ('query', PatchState.REUSED)])
+def test_mask_compares_with_the_pixels_that_produced_the_cache(checkpoint, libero_sequence, reference,
+                                                               expected_third_state):
+    """Drift of one grey level per query stays under the threshold (1/255 < 0.004) step to step, but after two
+    queries it is 2/255 away from the pixels the cached state was computed from."""
+    config = CtrConfig(top_k=0, max_reuse_per_image=0, keyframe_interval=1000, input_timeout=1e6,
+                       reference=reference)
+    policy = make_policy(checkpoint, config)
+    primary = libero_sequence['agentview'][0][16:240, 16:240]  # 224x224: the model sees it unchanged
+    wrist = libero_sequence['wrist'][0][16:240, 16:240]
+    state, instruction = libero_sequence['proprio8'][0], libero_sequence['instruction']
+    states = [policy.predict([drifted(primary, offset), wrist], state, instruction).report.patch_states[0, 0]
+              for offset in (0, 1, 2)]
+    assert states[:2] == [PatchState.KEYFRAME, PatchState.REUSED]
+    assert states[2] == expected_third_state
+
+
+def test_every_reset_condition_forces_a_keyframe(checkpoint, libero_sequence):
+    policy = make_policy(checkpoint, CtrConfig(keyframe_interval=3, input_timeout=1.0))
+    engine = policy.engine
+
+    def reason(index=1, timestamp=0.0, instruction=None, primary=None):
+        images, state, text = inputs(libero_sequence, index, instruction)
+        if primary is not None:
+            images = [primary, images[1]]
+        return policy.predict(images, state, text, timestamp=timestamp).report.keyframe_reason
+
+    assert reason(timestamp=0.0) == 'first_query'
+    assert [reason(timestamp=0.1), reason(timestamp=0.2)] == ['', '']
+    assert reason(timestamp=0.3) == 'interval'
+    assert reason(timestamp=0.4, instruction='put the bowl on the stove') == 'instruction_changed'
+    assert reason(timestamp=0.5, instruction='put the bowl on the stove') == ''
+    assert reason(timestamp=2.0, instruction='put the bowl on the stove') == 'input_gap'
+    assert reason(timestamp=2.1, instruction='put the bowl on the stove',
+                  primary=libero_sequence['agentview'][1][:240]) == 'camera_changed'
+    engine.reset()
+    assert reason(timestamp=2.2) == 'episode_reset'
+    engine.reset('model_reload')
+    assert reason(timestamp=2.3) == 'model_reload'
+    assert engine.keyframe_count == 7 and engine.reset_count == 2
+
+
+def test_top_k_and_per_image_cap_are_honoured(checkpoint, libero_sequence):
+    policy = make_policy(checkpoint, CtrConfig(difference_threshold=1.0, top_k=37, max_reuse_per_image=100,
+                                               keyframe_interval=1000, input_timeout=1e6))
+    policy.predict(*inputs(libero_sequence, 0))
+    report = policy.predict(*inputs(libero_sequence, 1)).report
+    states = report.patch_states
+    assert (states == PatchState.RECOMPUTED_TASK_RELEVANT).sum() == 37
+    assert (states == PatchState.RECOMPUTED_DYNAMIC).sum() == 0
+    for image in range(2):
+        relevant = (states[image] == PatchState.RECOMPUTED_TASK_RELEVANT).sum()
+        assert (states[image] == PatchState.REUSED).sum() == min(100, 256 - relevant)
+    scores = report.attention_scores.ravel()
+    expected_relevant = np.zeros(512, bool)
+    expected_relevant[np.argsort(-scores, kind='stable')[:37]] = True
+    np.testing.assert_array_equal(states.ravel() == PatchState.RECOMPUTED_TASK_RELEVANT, expected_relevant)
+    assert report.vision_reuse.tolist() == [100 / 256, 100 / 256]
+
+
+def test_changed_instruction_changes_task_relevance_one_query_later(checkpoint, libero_sequence):
+    policy = make_policy(checkpoint, CtrConfig(difference_threshold=1.0, top_k=40, keyframe_interval=1000,
+                                               input_timeout=1e6))
+    other = 'open the top drawer and put the bowl inside'
+    reports = [policy.predict(*inputs(libero_sequence, index, instruction)).report
+               for index, instruction in [(0, None), (1, None), (2, other), (3, other)]]
+    assert [report.keyframe_reason for report in reports] == ['first_query', '', 'instruction_changed', '']
+    assert reports[2].attention_scores is None  # a keyframe uses no task relevance
+    old_scores, new_scores = reports[1].attention_scores, reports[3].attention_scores
+    assert not np.allclose(old_scores, new_scores)
+    relevant = reports[3].patch_states.ravel() == PatchState.RECOMPUTED_TASK_RELEVANT
+    np.testing.assert_array_equal(np.flatnonzero(relevant), np.sort(np.argsort(-new_scores.ravel())[:40]))
+
+
+@torch.inference_mode()
+def test_attention_probe_equals_explicit_attention_map(checkpoint, libero_sequence):
+    policy = make_policy(checkpoint, CtrConfig())
+    query = policy.prepare(*inputs(libero_sequence, 0))
+    model, tokens = checkpoint.model, checkpoint.tokens
+    llm = model.language_model.model
+    hidden_size = checkpoint.architecture.llm.hidden_size
+    visual = model.projector(model.vision_backbone(query.pixel_values)).reshape(1, -1, hidden_size)
+    bos, rest = model.text_embeddings(query.prompt_ids, tokens.space_id, tokens.stop_id, query.normalized_proprio)
+    embeddings = torch.cat([bos, visual, rest], dim=1)
+    positions = torch.arange(embeddings.shape[1])
+    layout = model.layout(len(query.prompt_ids))
+    prompt = torch.arange(layout.prompt_positions.start, layout.prompt_positions.stop)
+    probe = AttentionProbe(prompt, torch.arange(1, 513))
+    llm(embeddings, positions, probe_layer=1, probe=probe)
+
+    layer_input = llm(embeddings, positions, layers=range(1))
+    attention = llm.layers[1].self_attn
+    normed = llm.layers[1].input_layernorm(layer_input)
+    heads = checkpoint.architecture.llm.num_heads
+    cos, sin = llm.rotary_emb(positions, normed.dtype)
+    q = apply_rotary(attention.q_proj(normed).view(1, -1, heads, hidden_size // heads).transpose(1, 2), cos, sin)
+    k = apply_rotary(attention.k_proj(normed).view(1, -1, heads, hidden_size // heads).transpose(1, 2), cos, sin)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / (hidden_size // heads) ** 0.5, dim=-1)
+    expected = weights[0][:, prompt][:, :, 1:513].mean(dim=(0, 1))
+    torch.testing.assert_close(probe.scores, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_mask_functions():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=generator)
+    same = patch_difference(images, images)
+    assert same.shape == (2, 256) and same.abs().max() == 0
+    brighter = images.clone()
+    brighter[0, 14:28, :14] = (brighter[0, 14:28, :14].int() + 10).clamp(max=255).to(torch.uint8)
+    difference = patch_difference(brighter, images)
+    assert difference[0, 16] > 0.02 and difference[0, 0] == 0 and difference[1].max() == 0
+    np.testing.assert_allclose(patch_cosine_similarity(images, images).numpy(), 1.0, atol=1e-6)
+    relevant = top_k_relevant(torch.arange(512, dtype=torch.float32), 3, 2)
+    assert relevant[1, -3:].all() and relevant.sum() == 3
+    static = torch.ones(1, 8, dtype=torch.bool)
+    similarity = torch.arange(8, dtype=torch.float32)[None]
+    capped = reuse_mask(static, torch.zeros_like(static), similarity, max_reuse_per_image=3)
+    assert capped[0].tolist() == [False] * 5 + [True] * 3
+
+
+def test_config_validation_and_yaml(checkpoint, tmp_path):
+    path = tmp_path / 'ctr.yaml'
+    path.write_text('ctr:\n  top_k: 64\n  difference_threshold: 1e-2\n  llm_reuse: false\n')
+    config = CtrConfig.from_yaml(path)
+    assert (config.top_k, config.difference_threshold, config.llm_reuse) == (64, 0.01, False)
+    with pytest.raises(ValueError, match='unknown CTR settings'):
+        CtrConfig.from_dict({'topk': 3})
+    with pytest.raises(ValueError, match='keyframe_interval must be >= 1'):
+        CtrConfig(keyframe_interval=0)
+    with pytest.raises(ValueError, match='static_metric must be one of'):
+        CtrConfig(static_metric='ssim')
+    with pytest.raises(ValueError, match='must be true or false'):
+        CtrConfig.from_dict({'enabled': 'yes'})
+    with pytest.raises(ValueError, match='attention_layer 7 out of range'):
+        CtrEngine(checkpoint.model, checkpoint.tokens, CtrConfig(attention_layer=7))
