@@ -1,0 +1,43 @@
+"""Robot state for the policy: LIBERO's 8-D proprio from an end-effector pose and gripper joint positions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def quaternion_to_axis_angle(quaternion_xyzw: np.ndarray) -> np.ndarray:
+    """Axis-angle (axis * angle, radians) of a unit quaternion in x, y, z, w order, angle in [0, 2pi) as robosuite
+    computes it for LIBERO's proprio."""
+    x, y, z, w = np.asarray(quaternion_xyzw, dtype=np.float64)
+    w = np.clip(w, -1.0, 1.0)
+    sine = np.sqrt(1.0 - w * w)
+    if np.isclose(sine, 0.0):
+        return np.zeros(3)
+    return np.array([x, y, z]) * 2.0 * np.arccos(w) / sine
+
+
+def libero_state(position: np.ndarray, quaternion_xyzw: np.ndarray, gripper_positions: np.ndarray) -> np.ndarray:
+    """eef position (3) | axis-angle of the eef orientation (3) | gripper finger positions (2)."""
+    quaternion = np.asarray(quaternion_xyzw, dtype=np.float64)
+    norm = np.linalg.norm(quaternion)
+    if not np.isfinite(norm) or abs(norm - 1.0) > 1e-3:
+        raise ValueError(f'end-effector orientation is not a unit quaternion (norm {norm:.4f})')
+    gripper = np.asarray(gripper_positions, dtype=np.float64)
+    if gripper.shape != (2,):
+        raise ValueError(f'expected 2 gripper finger positions, got {gripper.shape[0] if gripper.ndim else 0}')
+    return np.concatenate([np.asarray(position, dtype=np.float64), quaternion_to_axis_angle(quaternion), gripper])
+
+
+def check_state_range(state: np.ndarray, statistics: dict[str, Any], margin: float) -> None:
+    """Refuse a state far outside what the model was trained on: beyond [q01, q99] widened by `margin` times the
+    q01..q99 span on each side. Raises ValueError naming the dimensions."""
+    q01, q99 = np.asarray(statistics['q01']), np.asarray(statistics['q99'])
+    span = q99 - q01
+    low, high = q01 - margin * span, q99 + margin * span
+    outside = np.flatnonzero((state < low) | (state > high))
+    if outside.size:
+        details = ', '.join(f'[{index}]={state[index]:.4f} not in [{low[index]:.4f}, {high[index]:.4f}]'
+                            for index in outside)
+        raise ValueError(f'state out of the trained range: {details}')

@@ -1,0 +1,103 @@
+"""One declared, validated source for each node's parameters.
+
+Each node lists its parameters once as `ParameterSpec`s (name, default, description, constraints). `declare`
+declares them with descriptors (type, description, ranges, read-only) and returns the validated values; the YAML
+files in config/ carry the same defaults (a test checks they agree)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from ctr_vla_ros.ctr.config import CtrConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    length: int | None = None  # for arrays: the exact number of elements
+
+    def descriptor(self) -> ParameterDescriptor:
+        constraints = []
+        if self.choices:
+            constraints.append(f'one of {list(self.choices)}')
+        if self.length is not None:
+            constraints.append(f'{self.length} elements')
+        descriptor = ParameterDescriptor(name=self.name, description=self.description, read_only=True,
+                                         additional_constraints=', '.join(constraints))
+        if self.minimum is not None or self.maximum is not None:
+            low = self.minimum if self.minimum is not None else -1e300
+            high = self.maximum if self.maximum is not None else 1e300
+            if isinstance(self.default, int) and not isinstance(self.default, bool):
+                descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(min(high, 2**62)),
+                                                         step=0)]
+            else:
+                descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high),
+                                                                      step=0.0)]
+        return descriptor
+
+    def validate(self, value: Any) -> None:
+        if self.choices and value not in self.choices:
+            raise ValueError(f'parameter {self.name}: {value!r} is not one of {list(self.choices)}')
+        if self.length is not None and len(value) != self.length:
+            raise ValueError(f'parameter {self.name}: expected {self.length} elements, got {len(value)}')
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                if self.minimum is not None and item < self.minimum:
+                    raise ValueError(f'parameter {self.name}: {item} is below {self.minimum}')
+                if self.maximum is not None and item > self.maximum:
+                    raise ValueError(f'parameter {self.name}: {item} is above {self.maximum}')
+
+
+def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
+    """The CTR engine's settings as parameters (ctr.enabled, ctr.top_k, ...), defaults from CtrConfig."""
+    descriptions = {
+        'enabled': 'CTR on; off = plain full recompute every query', 'vision_reuse': 'reuse in the vision encoder',
+        'llm_reuse': 'reuse visual K/V in the LLM', 'static_metric': 'gray_difference or rgb_cosine',
+        'difference_threshold': 'static if mean abs grayscale difference (0..1) is below',
+        'cosine_threshold': 'static if RGB cosine similarity is above (rgb_cosine metric)',
+        'reference': "compare with the pixels a patch was last computed from ('patch') or the last query ('query')",
+        'top_k': 'visual tokens forced to recompute by prompt attention',
+        'attention_layer': 'LLM layer of the prompt-to-vision probe (negative: from the end)',
+        'max_reuse_per_image': 'cap on reused patches per image (0: none)',
+        'keyframe_interval': 'recompute everything every N queries',
+        'input_timeout': 'a gap between queries longer than this (s) forces a keyframe',
+        'llm_reuse_start_layer': 'first LLM layer that keeps cached visual K/V',
+        'vision_threshold_scale': 'ablation: static-threshold scale on the vision side only',
+        'llm_threshold_scale': 'ablation: static-threshold scale on the LLM side only',
+    }
+    return [ParameterSpec(prefix + field.name, field.default, descriptions[field.name])
+            for field in dataclasses.fields(CtrConfig)]
+
+
+def declare(node: Node, specs: Sequence[ParameterSpec]) -> dict[str, Any]:
+    """Declare every parameter with its descriptor; return {name: validated value}. Raises ValueError."""
+    values = {}
+    for spec in specs:
+        default = spec.default
+        if isinstance(default, (list, tuple)) and not default:
+            raise ValueError(f'parameter {spec.name}: give array parameters a non-empty default (typed)')
+        parameter = node.declare_parameter(spec.name, default, spec.descriptor())
+        value = parameter.value
+        if parameter.type_ in (Parameter.Type.DOUBLE_ARRAY, Parameter.Type.STRING_ARRAY,
+                               Parameter.Type.INTEGER_ARRAY, Parameter.Type.BOOL_ARRAY):
+            value = list(value)
+        spec.validate(value)
+        values[spec.name] = value
+    return values
+
+
+def ctr_config_from(values: dict[str, Any], prefix: str = 'ctr.') -> CtrConfig:
+    return CtrConfig.from_dict({name[len(prefix):]: value for name, value in values.items()
+                                if name.startswith(prefix)})

@@ -1,0 +1,266 @@
+"""The policy node as its own process, driven over real topics by this test process."""
+
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, EndEffectorDelta, ReuseMask  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Float64MultiArray, Header, String  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
+
+from ctr_vla_ros.control.chunk_execution import ActionConvention, DeltaLimits  # noqa: E402
+from ctr_vla_ros.ctr.config import CtrConfig  # noqa: E402
+from ctr_vla_ros.model.checkpoint import load_checkpoint  # noqa: E402
+from ctr_vla_ros.nodes.image_conversion import rgb_to_image  # noqa: E402
+from ctr_vla_ros.policy import VlaPolicy  # noqa: E402
+from helpers.ros_harness import Driver, NodeProcess, wait_until  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+NODE = '/ctr_vla_policy'
+
+
+class Feed:
+    """Publishes both cameras at 10 Hz and the robot state at 20 Hz; tests change what is published."""
+
+    def __init__(self, driver, primary, wrist, state, instruction):
+        node = driver.node
+        self.driver = driver
+        self.primary, self.wrist, self.state = primary, wrist, state
+        self.wrist_offset = 0.0
+        self.cameras_on = [True, True]
+        self.corrupt = None  # callable(image message) -> message, applied to the primary camera
+        self.published_stamps = []
+        self.camera_publishers = [node.create_publisher(Image, topic, qos_profile_sensor_data)
+                                  for topic in ('/camera/primary/image_raw', '/camera/wrist/image_raw')]
+        self.state_publisher = node.create_publisher(Float64MultiArray, '/robot_state', qos_profile_sensor_data)
+        self.instruction_publisher = node.create_publisher(String, '/instruction', LATCHED)
+        self.instruction_publisher.publish(String(data=instruction))
+        node.create_timer(0.1, self.publish_cameras)
+        node.create_timer(0.05, self.publish_state)
+
+    def publish_cameras(self):
+        now = self.driver.node.get_clock().now()
+        header = Header(stamp=now.to_msg(), frame_id='primary_camera')
+        primary = rgb_to_image(self.primary, header)
+        if self.corrupt is not None:
+            primary = self.corrupt(primary)
+        wrist_time = rclpy.time.Time(nanoseconds=now.nanoseconds + int(self.wrist_offset * 1e9))
+        wrist = rgb_to_image(self.wrist, Header(stamp=wrist_time.to_msg(), frame_id='wrist_camera'))
+        for publisher, message, on in zip(self.camera_publishers, (primary, wrist), self.cameras_on):
+            if on:
+                publisher.publish(message)
+        self.published_stamps.append((header.stamp.sec, header.stamp.nanosec))
+
+    def publish_state(self):
+        self.state_publisher.publish(Float64MultiArray(data=[float(value) for value in self.state]))
+
+    def call(self, service_type, name, request):
+        client = self.driver.node.create_client(service_type, name)
+        assert client.wait_for_service(timeout_sec=20), f'{name} not available'
+        future = client.call_async(request)
+        wait_until(future.done, 20, f'{name} response')
+        return future.result()
+
+    def enable(self, on=True):
+        assert self.call(SetBool, f'{NODE}/enable', SetBool.Request(data=on)).success
+
+
+@pytest.fixture
+def start(tiny_checkpoint, libero_sequence, ros_domain):
+    """start(**parameters) -> (node process, driver, feed, outputs); everything is torn down after the test."""
+    started = []
+
+    def start_node(**parameters):
+        node = NodeProcess('ctr_vla_policy', {'checkpoint': str(tiny_checkpoint), 'proprio_source': 'state',
+                                              **parameters})
+        driver = Driver()
+        outputs = {
+            'deltas': driver.record(EndEffectorDelta, f'{NODE}/ee_delta'),
+            'chunks': driver.record(ActionChunk, f'{NODE}/action_chunk'),
+            'primary_masks': driver.record(ReuseMask, f'{NODE}/reuse_mask/primary'),
+            'wrist_masks': driver.record(ReuseMask, f'{NODE}/reuse_mask/wrist'),
+            'stats': driver.record(CtrStats, f'{NODE}/ctr_stats'),
+            'diagnostics': driver.record(DiagnosticArray, '/diagnostics'),
+        }
+        feed = Feed(driver, libero_sequence['agentview'][4], libero_sequence['wrist'][4],
+                    libero_sequence['proprio8'][4], libero_sequence['instruction'])
+        started.append((node, driver))
+        node.wait_for_log('ready:')
+        return node, driver, feed, outputs
+
+    yield start_node
+    for node, driver in started:
+        node.kill()
+        driver.close()
+
+
+def moving(deltas):
+    return [delta for delta in deltas if any(delta.translation) or any(delta.rotation) or delta.gripper]
+
+
+def core_prediction(tiny_checkpoint, libero_sequence):
+    policy = VlaPolicy(load_checkpoint(tiny_checkpoint), 'libero_spatial_no_noops', ctr=CtrConfig())
+    return policy.predict([libero_sequence['agentview'][4], libero_sequence['wrist'][4]],
+                          libero_sequence['proprio8'][4], libero_sequence['instruction'])
+
+
+def test_chunks_and_deltas_match_the_core_prediction(start, tiny_checkpoint, libero_sequence):
+    node, driver, feed, outputs = start()
+    feed.enable()
+    wait_until(lambda: len(outputs['chunks']) >= 3 and len(moving(outputs['deltas'])) >= 17, 90,
+               'three chunks and more than two chunks of deltas')
+
+    expected = core_prediction(tiny_checkpoint, libero_sequence)
+    for chunk in outputs['chunks'][:3]:  # identical inputs: reuse must reproduce the keyframe's chunk
+        assert (chunk.horizon, chunk.action_dim) == (8, 7)
+        np.testing.assert_allclose(np.reshape(chunk.actions, (8, 7)), expected.actions, atol=1e-5)
+        np.testing.assert_allclose(np.reshape(chunk.normalized_actions, (8, 7)), expected.normalized_actions,
+                                   atol=1e-5)
+        assert (chunk.header.stamp.sec, chunk.header.stamp.nanosec) in feed.published_stamps
+        assert chunk.header.frame_id == 'base_link' and chunk.unnorm_key == 'libero_spatial_no_noops'
+
+    convention = ActionConvention(0.05, 0.5, 'open_is_one')
+    limits = DeltaLimits((0.05, 0.05, 0.05, 0.5, 0.5, 0.5, 1.0))
+    expected_deltas = [limits.clamp(delta)[0] for delta in convention.to_deltas(expected.actions)]
+    first_chunk = [delta for delta in outputs['deltas'] if delta.chunk_id == outputs['chunks'][0].chunk_id]
+    assert [delta.index_in_chunk for delta in first_chunk] == list(range(8))
+    for delta, wanted in zip(first_chunk, expected_deltas):
+        np.testing.assert_allclose([*delta.translation, *delta.rotation, delta.gripper], wanted, atol=1e-6)
+        assert delta.control_period == pytest.approx(0.05) and delta.header.frame_id == 'base_link'
+    stamps = [delta.header.stamp.sec + delta.header.stamp.nanosec * 1e-9 for delta in first_chunk]
+    assert np.median(np.diff(stamps)) == pytest.approx(0.05, rel=0.4)  # the configured rate, not a benchmark
+
+    masks = outputs['primary_masks']
+    assert masks[0].keyframe and set(masks[0].patch_state) == {ReuseMask.STATE_KEYFRAME}
+    assert (masks[0].grid_rows, masks[0].grid_cols, len(masks[0].patch_state)) == (16, 16, 256)
+    assert not masks[1].keyframe and ReuseMask.STATE_REUSED in set(masks[1].patch_state)
+    assert outputs['wrist_masks'][0].camera_name == 'wrist'
+    stats = outputs['stats']
+    assert stats[0].keyframe_reason == 'first_query' and stats[1].executed_flops < stats[1].full_recompute_flops
+    wait_until(lambda: any(status.message == 'running' for array in outputs['diagnostics']
+                           for status in array.status), 10, 'diagnostics say running')
+
+
+def test_disabled_node_sends_no_motion_and_dry_run_publishes_everything_else(start):
+    node, driver, feed, outputs = start()
+    time.sleep(3.0)
+    assert outputs['deltas'] == [] and outputs['chunks'] == []
+    states = {value.value for array in outputs['diagnostics'] for status in array.status for value in status.values
+              if value.key == 'state'}
+    assert states == {'disabled'}
+
+    node, driver, feed, outputs = start(dry_run=True)
+    feed.enable()
+    wait_until(lambda: len(outputs['chunks']) >= 2, 60, 'chunks in dry run')
+    assert outputs['deltas'] == []
+
+
+def set_encoding(message):
+    message.encoding = '16UC1'
+    return message
+
+
+def shrink_step(message):
+    message.step = message.width * 3 - 6
+    return message
+
+
+def truncate(message):
+    message.data = message.data[: len(message.data) // 2]
+    return message
+
+
+@pytest.mark.parametrize('corrupt, logged', [
+    (set_encoding, "unsupported encoding '16UC1'"),
+    (shrink_step, 'is smaller than width'),
+    (truncate, 'truncated data'),
+], ids=['wrong-encoding', 'step-size-mismatch', 'truncated'])
+def test_bad_images_are_refused_and_the_node_recovers(start, corrupt, logged):
+    node, driver, feed, outputs = start()
+    feed.corrupt = corrupt
+    time.sleep(1.0)  # longer than camera_timeout: the good frames sent during start-up are stale
+    feed.enable()
+    node.wait_for_log(logged, timeout=20)
+    time.sleep(2.0)
+    assert moving(outputs['deltas']) == [] and outputs['chunks'] == []
+    feed.corrupt = None
+    wait_until(lambda: moving(outputs['deltas']), 60, 'motion after good frames return')
+    assert node.process.poll() is None
+
+
+def test_empty_instruction_stops_motion_until_a_task_is_given(start):
+    node, driver, feed, outputs = start()
+    feed.instruction_publisher.publish(String(data='   '))
+    feed.enable()
+    node.wait_for_log('empty instruction received', timeout=20)
+    time.sleep(2.0)
+    assert moving(outputs['deltas']) == []
+    feed.instruction_publisher.publish(String(data='put the bowl on the plate'))
+    wait_until(lambda: moving(outputs['deltas']), 60, 'motion after a valid instruction')
+
+
+def test_nan_state_is_refused_and_the_node_recovers(start, libero_sequence):
+    node, driver, feed, outputs = start()
+    good_state = feed.state
+    feed.state = np.where(np.arange(8) == 3, np.nan, good_state)
+    feed.enable()
+    node.wait_for_log('robot state refused: non-finite', timeout=20)
+    time.sleep(2.0)
+    assert moving(outputs['deltas']) == [] and outputs['chunks'] == []
+    feed.state = good_state
+    wait_until(lambda: moving(outputs['deltas']), 60, 'motion after a valid state')
+
+
+def test_cameras_out_of_sync_send_no_motion(start):
+    node, driver, feed, outputs = start()
+    feed.wrist_offset = 1.0
+    feed.enable()
+    wait_until(lambda: any('not within' in value.value for array in outputs['diagnostics']
+                           for status in array.status for value in status.values), 20,
+               'diagnostics report unpaired frames')
+    assert moving(outputs['deltas']) == [] and outputs['chunks'] == []
+    feed.wrist_offset = 0.0
+    wait_until(lambda: moving(outputs['deltas']), 60, 'motion after the cameras agree again')
+
+
+def test_a_camera_that_stops_brings_a_zero_command_within_the_timeout(start):
+    node, driver, feed, outputs = start(execution_mode='overlap', requery_remaining=4)
+    feed.enable()
+    wait_until(lambda: len(moving(outputs['deltas'])) >= 3, 60, 'motion')
+    feed.cameras_on[1] = False
+    stopped_at = time.monotonic()
+    wait_until(lambda: outputs['deltas'][-1].translation.tolist() == [0.0, 0.0, 0.0]
+               and not moving(outputs['deltas'][-1:]), 5, 'a zero command')
+    assert time.monotonic() - stopped_at < 0.5 + 0.5  # camera_timeout + one tick + transport
+    count = len(outputs['deltas'])
+    time.sleep(1.0)
+    assert moving(outputs['deltas'][count:]) == []
+    node.wait_for_log('motion stopped: camera wrist silent')
+
+
+def test_reset_drops_the_chunk_and_forces_a_keyframe(start):
+    node, driver, feed, outputs = start()
+    feed.enable()
+    wait_until(lambda: len(outputs['stats']) >= 2, 60, 'two queries')
+    assert feed.call(Trigger, f'{NODE}/reset', Trigger.Request()).success
+    wait_until(lambda: any(stats.keyframe_reason == 'episode_reset' for stats in outputs['stats']), 30,
+               'a keyframe after the reset')
+    reset_stats = next(stats for stats in outputs['stats'] if stats.keyframe_reason == 'episode_reset')
+    assert reset_stats.reset_count == 1
+
+
+def test_sigint_exits_with_status_zero_after_a_zero_command(start):
+    node, driver, feed, outputs = start()
+    feed.enable()
+    wait_until(lambda: moving(outputs['deltas']), 60, 'motion')
+    count = len(outputs['deltas'])
+    assert node.interrupt() == 0
+    wait_until(lambda: len(outputs['deltas']) > count, 5, 'the final command')
+    assert not moving(outputs['deltas'][-1:])
