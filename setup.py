@@ -26,6 +26,7 @@ setup(
             'ctr-vla-predict = ctr_vla_ros.tools.predict:main',
             'ctr-vla-make-checkpoint = ctr_vla_ros.tools.make_checkpoint:main',
             'ctr_vla_policy = ctr_vla_ros.nodes.policy_node:main',
+            'ctr_vla_diagnostics = ctr_vla_ros.nodes.diagnostics_node:main',
         ],
     },
 )

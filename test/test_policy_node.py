@@ -78,8 +78,8 @@ def start(tiny_checkpoint, libero_sequence, ros_domain):
     started = []
 
     def start_node(**parameters):
-        node = NodeProcess('ctr_vla_policy', {'checkpoint': str(tiny_checkpoint), 'proprio_source': 'state',
-                                              **parameters})
+        node = NodeProcess('ctr_vla_policy', 'ctr_vla_policy',
+                           {'checkpoint': str(tiny_checkpoint), 'proprio_source': 'state', **parameters})
         driver = Driver()
         outputs = {
             'deltas': driver.record(EndEffectorDelta, f'{NODE}/ee_delta'),
@@ -155,6 +155,7 @@ def test_disabled_node_sends_no_motion_and_dry_run_publishes_everything_else(sta
     states = {value.value for array in outputs['diagnostics'] for status in array.status for value in status.values
               if value.key == 'state'}
     assert states == {'disabled'}
+    assert node.interrupt() == 0
 
     node, driver, feed, outputs = start(dry_run=True)
     feed.enable()

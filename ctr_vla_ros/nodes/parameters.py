@@ -60,6 +60,16 @@ class ParameterSpec:
                     raise ValueError(f'parameter {self.name}: {item} is above {self.maximum}')
 
 
+# Shared by every node that touches camera images (the `/**` section of config/ctr_vla.yaml).
+CAMERA_PARAMETERS = [
+    ParameterSpec('camera_topics', ['/camera/primary/image_raw', '/camera/wrist/image_raw'],
+                  'camera image topics in model order (primary third-person view, wrist view)', length=2),
+    ParameterSpec('camera_names', ['primary', 'wrist'], 'camera names in model order', length=2),
+    ParameterSpec('rotate180', False, 'rotate camera images 180 degrees before the model (LIBERO renders)'),
+    ParameterSpec('center_crop', True, "the 90%-area centre crop of the authors' evaluation"),
+]
+
+
 def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
     """The CTR engine's settings as parameters (ctr.enabled, ctr.top_k, ...), defaults from CtrConfig."""
     descriptions = {

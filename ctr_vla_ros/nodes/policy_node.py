@@ -23,6 +23,7 @@ from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, EndEffectorDelta, ReuseM
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 import numpy as np
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -35,7 +36,8 @@ from ctr_vla_ros.control.robot_state import check_state_range, libero_state
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS
 from ctr_vla_ros.nodes.image_conversion import ImageError, image_to_rgb
-from ctr_vla_ros.nodes.parameters import ParameterSpec, ctr_config_from, ctr_parameter_specs, declare
+from ctr_vla_ros.nodes.parameters import (CAMERA_PARAMETERS, ParameterSpec, ctr_config_from,
+                                          ctr_parameter_specs, declare)
 from ctr_vla_ros.nodes.runtime import run
 from ctr_vla_ros.policy import InputError, Prediction, VlaPolicy
 
@@ -48,11 +50,6 @@ PARAMETERS = [
     ParameterSpec('unnorm_key', 'libero_spatial_no_noops', 'dataset statistics key for (un)normalisation'),
     ParameterSpec('device', 'cpu', 'torch device: cpu, cuda, cuda:1, ...'),
     ParameterSpec('dtype', 'fp32', 'model dtype', choices=('fp32', 'bf16')),
-    ParameterSpec('camera_topics', ['/camera/primary/image_raw', '/camera/wrist/image_raw'],
-                  'camera image topics in model order (primary third-person view, wrist view)', length=2),
-    ParameterSpec('camera_names', ['primary', 'wrist'], 'camera names in model order (ReuseMask topics)', length=2),
-    ParameterSpec('rotate180', False, 'rotate camera images 180 degrees before the model (LIBERO renders)'),
-    ParameterSpec('center_crop', True, "the 90%-area centre crop of the authors' evaluation"),
     ParameterSpec('instruction_topic', '/instruction', 'task instruction (std_msgs/String, transient-local)'),
     ParameterSpec('proprio_source', 'pose', 'pose: PoseStamped + gripper JointState; state: Float64MultiArray',
                   choices=('pose', 'state')),
@@ -83,7 +80,7 @@ PARAMETERS = [
     ParameterSpec('proprio_range_margin', 0.5, "refuse states beyond the dataset's q01..q99 widened by this "
                   'fraction of the span on each side', minimum=0.0),
     ParameterSpec('diagnostics_rate', 1.0, '/diagnostics publications per second (Hz)', minimum=0.1),
-] + ctr_parameter_specs()
+] + CAMERA_PARAMETERS + ctr_parameter_specs()
 
 
 class State(enum.Enum):
@@ -476,6 +473,8 @@ class PolicyNode(Node):
             self._drop_chunks()
             self.inference_wakeup.notify()
         self.stop_motion()
+        # Give the zero command time to reach the subscribers before the publisher is destroyed.
+        self.delta_publisher.wait_for_all_acked(Duration(seconds=1.0))
 
 
 def main(args: list[str] | None = None) -> int:

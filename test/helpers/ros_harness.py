@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import rclpy
+import yaml
 from rclpy.executors import SingleThreadedExecutor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,12 +22,16 @@ CONFIG = REPO / 'config' / 'ctr_vla.yaml'
 
 
 class NodeProcess:
-    """A node started the way the launch file starts it: executable + params file + overrides."""
+    """A node started the way the launch file starts it: executable + the package's params file, then a second
+    params file with this test's overrides (`-p` would lose to the node's own section of the first file)."""
 
-    def __init__(self, executable: str, parameters: dict[str, Any], config: Path = CONFIG) -> None:
+    def __init__(self, executable: str, node_name: str, parameters: dict[str, Any], config: Path = CONFIG) -> None:
         command = [str(Path(sys.executable).parent / executable), '--ros-args', '--params-file', str(config)]
-        for name, value in parameters.items():
-            command += ['-p', f'{name}:={format_parameter(value)}']
+        if parameters:
+            overrides = tempfile.NamedTemporaryFile('w', suffix='.yaml', delete=False)
+            yaml.safe_dump({node_name: {'ros__parameters': parameters}}, overrides)
+            overrides.close()
+            command += ['--params-file', overrides.name]
         assert os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
@@ -57,16 +63,6 @@ class NodeProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-def format_parameter(value: Any) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return '[' + ','.join(format_parameter(item) for item in value) + ']'
-    if isinstance(value, str):
-        return value
-    return repr(value)
 
 
 class Driver:
