@@ -27,6 +27,9 @@ setup(
             'ctr-vla-make-checkpoint = ctr_vla_ros.tools.make_checkpoint:main',
             'ctr_vla_policy = ctr_vla_ros.nodes.policy_node:main',
             'ctr_vla_diagnostics = ctr_vla_ros.nodes.diagnostics_node:main',
+            'ctr_vla_kinova_adapter = ctr_vla_ros.adapters.kinova:main',
+            'ctr_vla_franka_adapter = ctr_vla_ros.adapters.franka:main',
+            'ctr_vla_libero_sim = ctr_vla_ros.sim.libero_sim_node:main',
         ],
     },
 )

@@ -24,10 +24,11 @@ from sensor_msgs.msg import Image
 from ctr_vla_ros.ctr.overlay import draw_overlay
 from ctr_vla_ros.model.preprocess import prepare_image
 from ctr_vla_ros.nodes.image_conversion import ImageError, image_to_rgb, rgb_to_image
-from ctr_vla_ros.nodes.parameters import CAMERA_PARAMETERS, ParameterSpec, declare
+from ctr_vla_ros.nodes.parameters import (CAMERA_TOPIC_PARAMETERS, MODEL_VIEW_PARAMETERS, ParameterSpec,
+                                          declare)
 from ctr_vla_ros.nodes.runtime import run
 
-PARAMETERS = CAMERA_PARAMETERS + [
+PARAMETERS = CAMERA_TOPIC_PARAMETERS + MODEL_VIEW_PARAMETERS + [
     ParameterSpec('mask_topic_prefix', '/ctr_vla_policy/reuse_mask', 'ReuseMask topics: <prefix>/<camera name>'),
     ParameterSpec('overlay_scale', 2, 'overlay size = 224 x this (nearest-neighbour upscaling)', minimum=1,
                   maximum=8),

@@ -60,14 +60,26 @@ class ParameterSpec:
                     raise ValueError(f'parameter {self.name}: {item} is above {self.maximum}')
 
 
-# Shared by every node that touches camera images (the `/**` section of config/ctr_vla.yaml).
-CAMERA_PARAMETERS = [
+# Shared by several nodes: the `/**` section of config/ctr_vla.yaml sets them for every node that declares them.
+CAMERA_TOPIC_PARAMETERS = [
     ParameterSpec('camera_topics', ['/camera/primary/image_raw', '/camera/wrist/image_raw'],
                   'camera image topics in model order (primary third-person view, wrist view)', length=2),
     ParameterSpec('camera_names', ['primary', 'wrist'], 'camera names in model order', length=2),
-    ParameterSpec('rotate180', False, 'rotate camera images 180 degrees before the model (LIBERO renders)'),
+]
+MODEL_VIEW_PARAMETERS = [
+    ParameterSpec('rotate180', False, 'rotate camera images 180 degrees before the model'),
     ParameterSpec('center_crop', True, "the 90%-area centre crop of the authors' evaluation"),
 ]
+POSE_TOPIC_PARAMETER = ParameterSpec('pose_topic', '/ee_pose',
+                                     'end-effector pose in the base frame (geometry_msgs/PoseStamped)')
+ROBOT_TOPIC_PARAMETERS = [
+    ParameterSpec('instruction_topic', '/instruction', 'task instruction (std_msgs/String, transient-local)'),
+    POSE_TOPIC_PARAMETER,
+    ParameterSpec('gripper_topic', '/gripper/joint_states', 'gripper finger positions (sensor_msgs/JointState)'),
+    ParameterSpec('gripper_joint_names', ['left_finger', 'right_finger'],
+                  'the two finger joints in gripper_topic, in dataset order', length=2),
+]
+SHARED_PARAMETERS = CAMERA_TOPIC_PARAMETERS + MODEL_VIEW_PARAMETERS + ROBOT_TOPIC_PARAMETERS
 
 
 def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:

@@ -36,7 +36,7 @@ from ctr_vla_ros.control.robot_state import check_state_range, libero_state
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS
 from ctr_vla_ros.nodes.image_conversion import ImageError, image_to_rgb
-from ctr_vla_ros.nodes.parameters import (CAMERA_PARAMETERS, ParameterSpec, ctr_config_from,
+from ctr_vla_ros.nodes.parameters import (SHARED_PARAMETERS, ParameterSpec, ctr_config_from,
                                           ctr_parameter_specs, declare)
 from ctr_vla_ros.nodes.runtime import run
 from ctr_vla_ros.policy import InputError, Prediction, VlaPolicy
@@ -50,13 +50,8 @@ PARAMETERS = [
     ParameterSpec('unnorm_key', 'libero_spatial_no_noops', 'dataset statistics key for (un)normalisation'),
     ParameterSpec('device', 'cpu', 'torch device: cpu, cuda, cuda:1, ...'),
     ParameterSpec('dtype', 'fp32', 'model dtype', choices=('fp32', 'bf16')),
-    ParameterSpec('instruction_topic', '/instruction', 'task instruction (std_msgs/String, transient-local)'),
     ParameterSpec('proprio_source', 'pose', 'pose: PoseStamped + gripper JointState; state: Float64MultiArray',
                   choices=('pose', 'state')),
-    ParameterSpec('pose_topic', '/ee_pose', 'end-effector pose in the base frame (geometry_msgs/PoseStamped)'),
-    ParameterSpec('gripper_topic', '/gripper/joint_states', 'gripper finger positions (sensor_msgs/JointState)'),
-    ParameterSpec('gripper_joint_names', ['left_finger', 'right_finger'],
-                  'the two finger joints to read from gripper_topic, in dataset order', length=2),
     ParameterSpec('state_topic', '/robot_state', 'raw proprio state (std_msgs/Float64MultiArray)'),
     ParameterSpec('base_frame', 'base_link', 'frame of the published deltas'),
     ParameterSpec('control_rate', 20.0, 'control ticks per second (Hz)', minimum=1.0, maximum=1000.0),
@@ -80,7 +75,7 @@ PARAMETERS = [
     ParameterSpec('proprio_range_margin', 0.5, "refuse states beyond the dataset's q01..q99 widened by this "
                   'fraction of the span on each side', minimum=0.0),
     ParameterSpec('diagnostics_rate', 1.0, '/diagnostics publications per second (Hz)', minimum=0.1),
-] + CAMERA_PARAMETERS + ctr_parameter_specs()
+] + SHARED_PARAMETERS + ctr_parameter_specs()
 
 
 class State(enum.Enum):
@@ -113,8 +108,8 @@ class PolicyNode(Node):
         self.enabled = False
         self.instruction: str | None = None
         self.state: np.ndarray | None = None
-        self.state_time = 0.0
-        self.camera_times = [0.0, 0.0]
+        self.state_time: float | None = None
+        self.camera_times: list[float | None] = [None, None]  # node-clock receipt time of the newest frames
         self.gripper_positions: np.ndarray | None = None
         self.generation = 0  # bumped by a reset or an instruction change: in-flight chunks are dropped
         self.chunk_count = 0
@@ -181,6 +176,10 @@ class PolicyNode(Node):
         return VlaPolicy(checkpoint, settings['unnorm_key'], settings['rotate180'], settings['center_crop'],
                          ctr_config_from(settings))
 
+    def now(self) -> float:
+        """Seconds on the node's clock: wall time, or simulation time with use_sim_time (LIBERO)."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
     # -------------------------------------------------------------------------------------- callbacks
     def on_image(self, camera: int, message: Image) -> None:
         try:
@@ -191,7 +190,7 @@ class PolicyNode(Node):
             return
         with self.lock:
             self.pairer.add(camera, stamp_seconds(message.header), (rgb, message.header))
-            self.camera_times[camera] = time.monotonic()
+            self.camera_times[camera] = self.now()
 
     def on_instruction(self, message: String) -> None:
         instruction = message.data.strip()
@@ -249,7 +248,7 @@ class PolicyNode(Node):
                 return
             with self.lock:
                 self.state = state
-                self.state_time = time.monotonic()
+                self.state_time = self.now()
 
     def _reject_state(self, reason: str) -> None:
         self.get_logger().error(f'robot state refused: {reason}', throttle_duration_sec=1.0)
@@ -293,22 +292,23 @@ class PolicyNode(Node):
         problems = []
         timeout = self.settings['camera_timeout']
         for camera, name in enumerate(self.camera_names):
-            age = now - self.camera_times[camera]
-            if age > timeout:
-                problems.append(f'camera {name} silent for {age:.2f} s' if self.camera_times[camera]
-                                else f'no frame from camera {name}')
+            received = self.camera_times[camera]
+            if received is None:
+                problems.append(f'no frame from camera {name}')
+            elif now - received > timeout:
+                problems.append(f'camera {name} silent for {now - received:.2f} s')
         if not problems and self.pairer.latest() is None:
             problems.append(f'camera frames not within {self.settings["pair_tolerance"]} s of each other')
         if self.instruction is None:
             problems.append('no instruction')
         if self.state is None:
             problems.append('no valid robot state')
-        elif now - self.state_time > self.settings['proprio_timeout']:
+        elif now - self.state_time > self.settings['proprio_timeout']:  # set with the state
             problems.append(f'robot state {now - self.state_time:.2f} s old')
         return problems
 
     def on_tick(self) -> None:
-        now = time.monotonic()
+        now = self.now()
         with self.lock:
             problems = self.input_problems(now)
             if not self.enabled and not self.settings['dry_run']:
@@ -374,7 +374,7 @@ class PolicyNode(Node):
                 reset_reason, self.engine_reset_reason = self.engine_reset_reason, None
             if reset_reason:
                 self.policy.engine.reset(reset_reason)
-            started = time.monotonic()
+            started = time.perf_counter()
             try:
                 prediction = self.policy.predict([rgb for rgb, _ in frames.frames], state, instruction,
                                                  timestamp=frames.stamp)
@@ -385,7 +385,7 @@ class PolicyNode(Node):
                     self.last_error = str(error)
                     self.inference_busy = False
                 continue
-            latency = time.monotonic() - started
+            latency = time.perf_counter() - started
             with self.lock:
                 current = generation == self.generation
                 self.chunk_count += 1
@@ -439,7 +439,7 @@ class PolicyNode(Node):
         self.stats_publisher.publish(stats)
 
     def publish_diagnostics(self) -> None:
-        now = time.monotonic()
+        now = self.now()
         with self.lock:
             problems = self.input_problems(now)
             status, prediction = self.status, self.last_prediction
@@ -449,9 +449,10 @@ class PolicyNode(Node):
                 'problems': '; '.join(problems), 'last_error': self.last_error,
             }
             for camera, name in enumerate(self.camera_names):
-                age = now - self.camera_times[camera] if self.camera_times[camera] else float('inf')
+                received = self.camera_times[camera]
+                age = now - received if received is not None else float('inf')
                 values[f'camera_{name}_age_s'] = f'{age:.3f}'
-            values['state_age_s'] = f'{now - self.state_time:.3f}' if self.state_time else 'inf'
+            values['state_age_s'] = f'{now - self.state_time:.3f}' if self.state_time is not None else 'inf'
         if prediction is not None:
             report = prediction.report
             values['inference_latency_s'] = f'{self.last_latency:.4f}'

@@ -16,6 +16,9 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 
+SIGNAL_CHECK_PERIOD = 0.1  # s
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -29,7 +32,10 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
         node = make_node()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while rclpy.ok():
+            # A bounded wait: Python runs signal handlers only between waits, so a node with no timer must still
+            # come back here regularly to notice Ctrl-C.
+            executor.spin_once(timeout_sec=SIGNAL_CHECK_PERIOD)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ValueError as error:  # configuration errors found at start-up

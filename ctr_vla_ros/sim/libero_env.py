@@ -1,0 +1,91 @@
+"""A LIBERO task as a robot: end-effector deltas in, upright camera images and proprioception out (no ROS).
+
+LIBERO renders offscreen with MuJoCo (MUJOCO_GL=osmesa on a CPU-only machine, egl with a GPU). Its action is 7-D in
+[-1, 1]: delta position (1.0 = 5 cm), delta axis-angle (1.0 = 0.5 rad), gripper -1 open / +1 close, at 20 Hz.
+Its images come out upside down; they are rotated here, so the simulated cameras look like mounted cameras and the
+policy runs with rotate180 off, as on a real robot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+CONTROL_PERIOD = 0.05  # s: LIBERO's 20 Hz
+TRANSLATION_PER_UNIT = 0.05  # m per action unit
+ROTATION_PER_UNIT = 0.5  # rad per action unit
+SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1.0])  # what the authors' evaluation sends while objects settle
+
+
+def libero_action(translation: np.ndarray, rotation: np.ndarray, gripper: float) -> np.ndarray:
+    """An end-effector delta (m, rad, gripper -1 open .. +1 close) as LIBERO's 7-D action, clipped to [-1, 1]."""
+    action = np.concatenate([np.asarray(translation) / TRANSLATION_PER_UNIT,
+                             np.asarray(rotation) / ROTATION_PER_UNIT, [gripper]])
+    return np.clip(action, -1.0, 1.0)
+
+
+@dataclasses.dataclass
+class Observation:
+    primary: np.ndarray  # (H, W, 3) uint8 RGB, upright: the third-person agentview camera
+    wrist: np.ndarray  # (H, W, 3) uint8 RGB, upright: the eye-in-hand camera
+    eef_position: np.ndarray  # (3,) m, world frame
+    eef_quaternion_xyzw: np.ndarray  # (4,)
+    gripper_positions: np.ndarray  # (2,) finger joint positions, m
+    success: bool
+
+
+class LiberoSimulation:
+    def __init__(self, suite: str, task_id: int, init_state: int = 0, resolution: int = 256,
+                 settle_steps: int = 10, seed: int = 0) -> None:
+        os.environ.setdefault('MUJOCO_GL', 'osmesa')
+        os.environ.setdefault('PYOPENGL_PLATFORM', os.environ['MUJOCO_GL'])
+        from libero.libero import benchmark, get_libero_path
+        from libero.libero.envs import OffScreenRenderEnv
+
+        suites = benchmark.get_benchmark_dict()
+        if suite not in suites:
+            raise ValueError(f'unknown LIBERO suite {suite!r}; available: {sorted(suites)}')
+        self.suite_name = suite
+        self.benchmark = suites[suite]()
+        if not 0 <= task_id < self.benchmark.n_tasks:
+            raise ValueError(f'{suite} has tasks 0..{self.benchmark.n_tasks - 1}, got {task_id}')
+        task = self.benchmark.get_task(task_id)
+        self.task_id = task_id
+        self.instruction: str = task.language
+        self.init_states = self.benchmark.get_task_init_states(task_id)
+        bddl = os.path.join(get_libero_path('bddl_files'), task.problem_folder, task.bddl_file)
+        self.env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution, camera_widths=resolution)
+        self.env.seed(seed)
+        self.settle_steps = settle_steps
+        self.init_state = init_state
+
+    def reset(self, init_state: int | None = None) -> Observation:
+        """Start an episode from one of the task's recorded initial states, then let objects settle."""
+        if init_state is not None:
+            self.init_state = init_state
+        self.init_state %= len(self.init_states)
+        self.env.reset()
+        raw = self.env.set_init_state(self.init_states[self.init_state])
+        for _ in range(self.settle_steps):
+            raw, _, _, _ = self.env.step(SETTLE_ACTION)
+        return self._observation(raw)
+
+    def step(self, action: np.ndarray) -> Observation:
+        raw, _, _, _ = self.env.step(np.asarray(action, dtype=np.float64))
+        return self._observation(raw)
+
+    def _observation(self, raw: dict) -> Observation:
+        return Observation(
+            primary=np.ascontiguousarray(raw['agentview_image'][::-1, ::-1]),
+            wrist=np.ascontiguousarray(raw['robot0_eye_in_hand_image'][::-1, ::-1]),
+            eef_position=np.array(raw['robot0_eef_pos'], dtype=np.float64),
+            eef_quaternion_xyzw=np.array(raw['robot0_eef_quat'], dtype=np.float64),
+            gripper_positions=np.array(raw['robot0_gripper_qpos'], dtype=np.float64),
+            success=bool(self.env.check_success()))
+
+    def close(self) -> None:
+        """Release the renderer. Call from the thread that created the simulation: MuJoCo's offscreen context
+        segfaults when it is garbage-collected elsewhere."""
+        self.env.close()

@@ -1,0 +1,48 @@
+"""Bring up ctr_vla_ros: policy node, reuse-mask diagnostics, the robot (LIBERO simulation or a driver adapter)
+and RViz.
+
+    ros2 launch ctr_vla_ros bringup.launch.py [config:=FILE] [checkpoint:=DIR] [robot:=sim|kinova|franka|none]
+                                              [rviz:=true|false]
+
+Every node reads the same parameter file (`config`); `checkpoint` overrides the policy's checkpoint. Motion stays
+disabled until `ros2 service call /ctr_vla_policy/enable std_srvs/srv/SetBool "{data: true}"`.
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, LogInfo
+from launch.conditions import IfCondition, LaunchConfigurationEquals
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+def generate_launch_description() -> LaunchDescription:
+    share = Path(get_package_share_directory('ctr_vla_ros'))
+    config = LaunchConfiguration('config')
+    parameters = [config, {'checkpoint': LaunchConfiguration('checkpoint')}]
+
+    return LaunchDescription([
+        DeclareLaunchArgument('config', default_value=str(share / 'config' / 'ctr_vla.yaml'),
+                              description='parameter file for every node'),
+        DeclareLaunchArgument('checkpoint', default_value='',
+                              description='OpenVLA-OFT checkpoint directory (empty: tiny RANDOM-WEIGHT demo)'),
+        DeclareLaunchArgument('robot', default_value='sim', choices=['sim', 'kinova', 'franka', 'none'],
+                              description='what executes the deltas'),
+        DeclareLaunchArgument('rviz', default_value='true', choices=['true', 'false'],
+                              description='start RViz with the camera and overlay views'),
+        Node(package='ctr_vla_ros', executable='ctr_vla_policy', name='ctr_vla_policy', output='screen',
+             parameters=parameters),
+        Node(package='ctr_vla_ros', executable='ctr_vla_diagnostics', name='ctr_vla_diagnostics', output='screen',
+             parameters=[config]),
+        Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
+             arguments=['-d', str(share / 'config' / 'ctr_vla.rviz')],
+             condition=IfCondition(LaunchConfiguration('rviz'))),
+        Node(package='ctr_vla_ros', executable='ctr_vla_libero_sim', name='ctr_vla_libero_sim', output='screen',
+             parameters=[config], condition=LaunchConfigurationEquals('robot', 'sim')),
+        Node(package='ctr_vla_ros', executable='ctr_vla_kinova_adapter', name='ctr_vla_kinova_adapter',
+             output='screen', parameters=[config], condition=LaunchConfigurationEquals('robot', 'kinova')),
+        Node(package='ctr_vla_ros', executable='ctr_vla_franka_adapter', name='ctr_vla_franka_adapter',
+             output='screen', parameters=[config], condition=LaunchConfigurationEquals('robot', 'franka')),
+        LogInfo(msg='motion is disabled until /ctr_vla_policy/enable is called'),
+    ])
