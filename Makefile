@@ -15,7 +15,7 @@ export AMENT_PREFIX_PATH := $(VENV)
 export CMAKE_PREFIX_PATH := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup test test-core test-ros demo clean
+.PHONY: setup setup-sim test test-core test-ros demo bench bench-model bench-ctr bench-node clean
 
 setup: $(STAMPS)/package
 
@@ -34,18 +34,35 @@ $(STAMPS)/msgs: $(STAMPS)/requirements $(wildcard msg/*.txt msg/*.xml msg/msg/*.
 	cmake --install build/msg > /dev/null
 	@touch $@
 
+# The LIBERO simulation extra: rendering library from apt, then the pinned packages without their declared
+# dependencies (see requirements-sim.txt).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+setup-sim: $(STAMPS)/sim
+
+$(STAMPS)/sim: requirements-sim.txt | $(STAMPS)/package
+	dpkg -s libosmesa6 > /dev/null 2>&1 || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q libosmesa6)
+	$(VENV_PYTHON) -m pip install -qq --no-deps --requirement requirements-sim.txt
+	@touch $@
+
 $(STAMPS)/package: $(STAMPS)/msgs setup.py setup.cfg package.xml $(wildcard launch/* config/*)
 	$(VENV_PYTHON) -m pip install -qq --no-deps --no-build-isolation --editable .
 	@touch $@
 
-test: setup
+test: setup setup-sim
 	$(VENV_PYTHON) -m pytest
 
 test-core: setup
 	$(VENV_PYTHON) -m pytest -m "not ros and not build"
 
-test-ros: setup
+test-ros: setup setup-sim
 	$(VENV_PYTHON) -m pytest -m "ros or build"
+
+# The main job: LIBERO simulation + policy (CTR on) + diagnostics in closed loop, one bounded episode; writes
+# demo_output/ (GIF, contact sheet of the reuse overlays, summary). CHECKPOINT=DIR for a real OpenVLA-OFT checkpoint.
+DEMO_STEPS ?= 120
+CHECKPOINT ?=
+demo: setup setup-sim
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.demo --steps $(DEMO_STEPS) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 clean:
 	rm -rf $(VENV) build install log

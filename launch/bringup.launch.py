@@ -14,13 +14,14 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo
 from launch.conditions import IfCondition, LaunchConfigurationEquals
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 
 def generate_launch_description() -> LaunchDescription:
     share = Path(get_package_share_directory('ctr_vla_ros'))
     config = LaunchConfiguration('config')
-    parameters = [config, {'checkpoint': LaunchConfiguration('checkpoint')}]
+    # The LIBERO simulation publishes /clock and advances in lockstep with the policy: follow its time.
+    sim_time = {'use_sim_time': PythonExpression(["'", LaunchConfiguration('robot'), "' == 'sim'"])}
 
     return LaunchDescription([
         DeclareLaunchArgument('config', default_value=str(share / 'config' / 'ctr_vla.yaml'),
@@ -32,9 +33,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('rviz', default_value='true', choices=['true', 'false'],
                               description='start RViz with the camera and overlay views'),
         Node(package='ctr_vla_ros', executable='ctr_vla_policy', name='ctr_vla_policy', output='screen',
-             parameters=parameters),
+             parameters=[config, {'checkpoint': LaunchConfiguration('checkpoint')}, sim_time]),
         Node(package='ctr_vla_ros', executable='ctr_vla_diagnostics', name='ctr_vla_diagnostics', output='screen',
-             parameters=[config]),
+             parameters=[config, sim_time]),
         Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
              arguments=['-d', str(share / 'config' / 'ctr_vla.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),

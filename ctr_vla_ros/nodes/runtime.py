@@ -1,13 +1,15 @@
 """Process entry for our nodes: clean exit with status 0 on Ctrl-C / SIGTERM, with a last word from the node.
 
 rclpy's own signal handler shuts the context down before our code runs, so a node could not send its final zero
-command. Here SIGINT and SIGTERM raise KeyboardInterrupt in the spinning thread instead; the node's `on_shutdown`
-runs while the context is still valid, then everything is torn down."""
+command. Here SIGINT and SIGTERM only set a flag; the spin loop sees it within `SIGNAL_CHECK_PERIOD`, then the
+node's `on_shutdown` runs while the context is still valid, and everything is torn down. (Raising from the handler
+instead would land inside whatever rclpy was converting at that moment.)"""
 
 from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import rclpy
@@ -15,26 +17,20 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
-
 SIGNAL_CHECK_PERIOD = 0.1  # s
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     node = None
     try:
         node = make_node()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok():
-            # A bounded wait: Python runs signal handlers only between waits, so a node with no timer must still
-            # come back here regularly to notice Ctrl-C.
+        while rclpy.ok() and not stop.is_set():
             executor.spin_once(timeout_sec=SIGNAL_CHECK_PERIOD)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
