@@ -115,6 +115,8 @@ class PolicyNode(Node):
         self.chunk_count = 0
         self.inference_busy = False
         self.pending_query = None
+        self.query_wanted = False  # the executor needs a chunk and waits for a camera pair not used yet
+        self.last_query_frames: tuple | None = None  # the camera frames the latest query used
         self.last_error = ''
         self.fault = False
         self.moving = False
@@ -191,6 +193,8 @@ class PolicyNode(Node):
         with self.lock:
             self.pairer.add(camera, stamp_seconds(message.header), (rgb, message.header))
             self.camera_times[camera] = self.now()
+            if self.query_wanted and self.status == State.RUNNING:
+                self._request_inference()  # the fresh pair the executor was waiting for
 
     def on_instruction(self, message: String) -> None:
         instruction = message.data.strip()
@@ -326,7 +330,8 @@ class PolicyNode(Node):
                     self.get_logger().warning(f'motion stopped: {"; ".join(problems)}')
                 planned = None
             else:
-                if self.executor_.needs_query() and not self.inference_busy:
+                self.query_wanted = self.executor_.needs_query() and not self.inference_busy
+                if self.query_wanted:
                     self._request_inference()
                 planned = self.executor_.next_delta()
             self.status = status
@@ -356,11 +361,22 @@ class PolicyNode(Node):
         self.moving = False
 
     def _request_inference(self) -> None:
-        """Caller holds the lock: snapshot the inputs and wake the inference thread."""
+        """Caller holds the lock: snapshot the inputs and wake the inference thread, unless the newest camera pair
+        was already used by a query; then the next pair to arrive triggers the query (a chunk is never computed
+        twice from the same frames, and the observation is as fresh as the cameras allow)."""
         frames = self.pairer.latest()
+        if frames is None or self.state is None or self.instruction is None or self._already_used(frames):
+            return
         self.pending_query = (frames, self.state.copy(), self.instruction, self.generation)
+        self.last_query_frames = frames.frames
+        self.query_wanted = False
         self.inference_busy = True
         self.inference_wakeup.notify()
+
+    def _already_used(self, frames) -> bool:
+        """Caller holds the lock. Identity, not stamps: stamps may go backwards (a replayed bag, a sim reset)."""
+        last = self.last_query_frames
+        return last is not None and all(new is old for new, old in zip(frames.frames, last))
 
     def inference_loop(self) -> None:
         while True:

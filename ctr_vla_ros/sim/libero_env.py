@@ -34,6 +34,7 @@ class Observation:
     eef_quaternion_xyzw: np.ndarray  # (4,)
     gripper_positions: np.ndarray  # (2,) finger joint positions, m
     success: bool
+    object_positions: dict[str, np.ndarray]  # world positions of the task's objects, by name
 
 
 class LiberoSimulation:
@@ -83,7 +84,10 @@ class LiberoSimulation:
             eef_position=np.array(raw['robot0_eef_pos'], dtype=np.float64),
             eef_quaternion_xyzw=np.array(raw['robot0_eef_quat'], dtype=np.float64),
             gripper_positions=np.array(raw['robot0_gripper_qpos'], dtype=np.float64),
-            success=bool(self.env.check_success()))
+            success=bool(self.env.check_success()),
+            object_positions={key.removesuffix('_pos'): np.array(value, dtype=np.float64)
+                              for key, value in raw.items()
+                              if key.endswith('_pos') and not key.startswith('robot0') and '_to_' not in key})
 
     def close(self) -> None:
         """Release the renderer. Call from the thread that created the simulation: MuJoCo's offscreen context
