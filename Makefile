@@ -64,5 +64,32 @@ CHECKPOINT ?=
 demo: setup setup-sim
 	$(VENV_PYTHON) -m ctr_vla_ros.tools.demo --steps $(DEMO_STEPS) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
+# Benchmarks (not tests): each writes benchmarks/results/*.json; `make bench` runs all and regenerates
+# benchmarks/README.md with its plots. BENCH_QUERIES limits the queries per sequence of the CTR benchmark.
+BENCH_CHECKPOINT := checkpoints/bench
+TINY_CHECKPOINT := checkpoints/tiny-demo
+BENCH_QUERIES ?= 40
+SEQUENCES := $(wildcard ../shared/data/libero/*.npz recorded/*.npz)
+
+$(BENCH_CHECKPOINT)/config.json: | $(STAMPS)/package
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.make_checkpoint --size bench --output $(BENCH_CHECKPOINT)
+
+$(TINY_CHECKPOINT)/config.json: | $(STAMPS)/package
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.make_checkpoint --size tiny --output $(TINY_CHECKPOINT)
+
+bench-model: setup $(BENCH_CHECKPOINT)/config.json $(TINY_CHECKPOINT)/config.json
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_model --checkpoint $(TINY_CHECKPOINT)
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_model --checkpoint $(BENCH_CHECKPOINT)
+
+bench-ctr: setup $(BENCH_CHECKPOINT)/config.json
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_ctr --checkpoint $(BENCH_CHECKPOINT) --queries $(BENCH_QUERIES) \
+	    $(SEQUENCES)
+
+bench-node: setup $(TINY_CHECKPOINT)/config.json
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_node --checkpoint $(TINY_CHECKPOINT)
+
+bench: bench-model bench-ctr bench-node
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_report
+
 clean:
 	rm -rf $(VENV) build install log

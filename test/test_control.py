@@ -14,7 +14,7 @@ from ctr_vla_ros.nodes.image_conversion import ImageError, image_to_rgb, rgb_to_
 
 
 def test_frame_pairer_matches_within_tolerance_and_prefers_the_newest():
-    pairer = FramePairer(2, tolerance=0.02)
+    pairer = FramePairer(2, tolerance=0.02, max_lag=0.5)
     assert pairer.latest() is None
     pairer.add(0, 1.00, 'p1')
     pairer.add(1, 1.05, 'w1')
@@ -25,6 +25,11 @@ def test_frame_pairer_matches_within_tolerance_and_prefers_the_newest():
     pairer.add(1, 1.11, 'w3')
     pair = pairer.latest()
     assert (pair.stamp, pair.frames) == (1.10, ('p2', 'w3'))
+    pairer.add(1, 1.51, 'w4')  # the cameras drift apart: p3 and p4 find no partner
+    pairer.add(0, 1.30, 'p3')
+    assert pairer.latest().frames == ('p2', 'w3')  # 0.2 s older than p3: still current enough
+    pairer.add(0, 1.70, 'p4')
+    assert pairer.latest() is None  # p2 is 0.6 s older than p4: too old to stand in
     pairer.clear()
     assert pairer.latest() is None
 

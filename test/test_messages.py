@@ -36,7 +36,7 @@ def action_chunk() -> msgs.ActionChunk:
         header=header('base_link'), chunk_id=3, horizon=8, action_dim=7, control_period=0.05,
         actions=actions, normalized_actions=[a * 3.0 for a in actions], model_name='openvla-oft',
         checkpoint='openvla-7b-oft-finetuned-libero-spatial', unnorm_key='libero_spatial_no_noops',
-        inference_latency=0.123)
+        observation_age=0.015, inference_latency=0.123)
 
 
 def reuse_mask() -> msgs.ReuseMask:

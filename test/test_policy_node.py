@@ -222,6 +222,7 @@ def test_nan_state_is_refused_and_the_node_recovers(start, libero_sequence):
 def test_cameras_out_of_sync_send_no_motion(start):
     node, driver, feed, outputs = start()
     feed.wrist_offset = 1.0
+    time.sleep(1.0)  # longer than camera_timeout: the in-sync pairs sent during start-up are too old to use
     feed.enable()
     wait_until(lambda: any('not within' in value.value for array in outputs['diagnostics']
                            for status in array.status for value in status.values), 20,

@@ -15,10 +15,12 @@ class FrameSet:
 
 class FramePairer:
     """Keeps the last few frames of each camera; `latest()` is the newest set whose stamps all lie within
-    `tolerance` seconds of the first camera's frame."""
+    `tolerance` seconds of the first camera's frame, and whose first frame is at most `max_lag` seconds older than
+    that camera's newest frame (an old matching set is no substitute for current frames that do not match)."""
 
-    def __init__(self, num_cameras: int, tolerance: float, history: int = 8) -> None:
+    def __init__(self, num_cameras: int, tolerance: float, max_lag: float, history: int = 8) -> None:
         self.tolerance = tolerance
+        self.max_lag = max_lag
         self._frames = [collections.deque(maxlen=history) for _ in range(num_cameras)]
 
     def add(self, camera: int, stamp: float, frame: Any) -> None:
@@ -32,7 +34,12 @@ class FramePairer:
         return self._frames[camera][-1][0] if self._frames[camera] else None
 
     def latest(self) -> FrameSet | None:
+        if not self._frames[0]:
+            return None
+        newest = self._frames[0][-1][0]
         for stamp, first in reversed(self._frames[0]):
+            if newest - stamp > self.max_lag:
+                return None
             matched = [first]
             for frames in self._frames[1:]:
                 candidates = [(abs(other_stamp - stamp), frame) for other_stamp, frame in frames]

@@ -15,6 +15,7 @@ bad state or an inference error stops motion with a zero command.
 from __future__ import annotations
 
 import enum
+import sys
 import threading
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from ctr_vla_ros.nodes.parameters import (SHARED_PARAMETERS, ParameterSpec, ctr_
 from ctr_vla_ros.nodes.runtime import run
 from ctr_vla_ros.policy import InputError, Prediction, VlaPolicy
 
+GIL_SWITCH_INTERVAL = 0.0005  # s
 DEMO_CHECKPOINT = Path.home() / '.cache' / 'ctr_vla_ros' / 'tiny-demo-checkpoint'
 
 PARAMETERS = [
@@ -99,7 +101,7 @@ class PolicyNode(Node):
         self.executor_ = ChunkExecutor(
             DeltaLimits(tuple(settings['max_translation_step']) + tuple(settings['max_rotation_step']) + (1.0,)),
             settings['execution_mode'], settings['requery_remaining'])
-        self.pairer = FramePairer(2, settings['pair_tolerance'])
+        self.pairer = FramePairer(2, settings['pair_tolerance'], settings['camera_timeout'])
         self.camera_names = settings['camera_names']
         self.control_period = 1.0 / settings['control_rate']
 
@@ -391,6 +393,7 @@ class PolicyNode(Node):
             if reset_reason:
                 self.policy.engine.reset(reset_reason)
             started = time.perf_counter()
+            observation_age = self.now() - frames.stamp
             try:
                 prediction = self.policy.predict([rgb for rgb, _ in frames.frames], state, instruction,
                                                  timestamp=frames.stamp)
@@ -412,17 +415,18 @@ class PolicyNode(Node):
                 self.last_prediction = prediction
                 self.last_latency = latency
             if current:
-                self.publish_query_outputs(prediction, frames, chunk_id, latency)
+                self.publish_query_outputs(prediction, frames, chunk_id, observation_age, latency)
 
     # ----------------------------------------------------------------------------------- publishing
-    def publish_query_outputs(self, prediction: Prediction, frames, chunk_id: int, latency: float) -> None:
+    def publish_query_outputs(self, prediction: Prediction, frames, chunk_id: int, observation_age: float,
+                              latency: float) -> None:
         report = prediction.report
         primary_header = frames.frames[0][1]
         horizon, action_dim = prediction.actions.shape
         chunk = ActionChunk(chunk_id=chunk_id, horizon=horizon, action_dim=action_dim,
                             control_period=self.control_period, model_name='openvla-oft',
                             checkpoint=self.policy.checkpoint.name, unnorm_key=self.policy.unnorm_key,
-                            inference_latency=latency)
+                            observation_age=observation_age, inference_latency=latency)
         chunk.header.stamp = primary_header.stamp
         chunk.header.frame_id = self.settings['base_frame']
         chunk.actions = prediction.actions.ravel().tolist()
@@ -495,6 +499,9 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    # The inference thread runs Python between torch kernels; a short GIL switch interval lets the control tick
+    # in on time (the default 5 ms would show up as tick jitter).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     return run(PolicyNode, args)
 
 

@@ -1,0 +1,203 @@
+"""Regenerate benchmarks/README.md and its PNG plots from benchmarks/results/*.json (written by bench_model,
+bench_ctr and bench_node). Every figure states the machine, dtype, checkpoint and date it was measured with.
+
+    python -m ctr_vla_ros.tools.bench_report
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+BENCHMARKS = Path('benchmarks')
+RESULTS = BENCHMARKS / 'results'
+CONFIG_ORDER = ('zero-mask', 'paper', 'fast')
+
+
+def provenance(results: dict[str, Any], dtype: str = 'fp32') -> str:
+    machine = results['machine']
+    return (f'{results["checkpoint"]} checkpoint, {dtype}, {machine["cpu"]} ({machine["torch_threads"]} threads), '
+            f'torch {machine["torch"]}, {machine["date"]}')
+
+
+def save(figure: plt.Figure, name: str, subtitle: str) -> str:
+    figure.text(0.5, 0.005, subtitle, ha='center', va='bottom', fontsize=7, color='dimgray')
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.savefig(BENCHMARKS / name, dpi=110)
+    plt.close(figure)
+    return name
+
+
+def model_section(results: list[dict[str, Any]]) -> list[str]:
+    lines = ['## Model: the plain full-recompute step', '',
+             'Command: `make bench-model` (`python -m ctr_vla_ros.tools.bench_model --checkpoint DIR`).', '',
+             '| checkpoint | dtype | load s | peak GiB | step ms | vision ms | projector ms | LLM ms | head ms | '
+             'GFLOP/step | achieved GFLOP/s | matmul GFLOP/s | of matmul |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for item in results:
+        times = item['stage_time_s']
+        lines.append(
+            f'| {item["checkpoint"]} ({item["architecture"]["vision_depth"][0]} blocks/tower, '
+            f'{item["architecture"]["llm_layers"]} LLM layers) | {item["dtype"]} | {item["load_time_s"]:.1f} | '
+            f'{item["peak_memory_bytes"] / 2**30:.2f} | {item["step_time_s"] * 1e3:.0f} | '
+            f'{times["vision"] * 1e3:.0f} | {times["projector"] * 1e3:.0f} | {times["llm"] * 1e3:.0f} | '
+            f'{times["head"] * 1e3:.1f} | {item["step_flops"] / 1e9:.1f} | '
+            f'{item["achieved_flops_per_s"] / 1e9:.0f} | {item["matmul_flops_per_s"] / 1e9:.0f} | '
+            f'{item["achieved_flops_per_s"] / item["matmul_flops_per_s"]:.0%} |')
+    if results:
+        full = results[-1]
+        lines += ['', f'The full-size OpenVLA-OFT step costs {full["full_size_step_flops"] / 1e12:.2f} TFLOP '
+                  f'(S = L + 571); at the rate measured on the `{full["checkpoint"]}` checkpoint this CPU would take '
+                  f'about {full["full_size_step_time_estimate_s"]:.0f} s per step.', '']
+    return lines
+
+
+def ctr_section(results: dict[str, Any]) -> list[str]:
+    subtitle = provenance(results)
+    sequences = results['sequences']
+    lines = ['## CTR vs full recompute', '',
+             'Command: `make bench-ctr` (`python -m ctr_vla_ros.tools.bench_ctr --checkpoint checkpoints/bench '
+             '../shared/data/libero/*.npz recorded/*.npz`). CTR and full recompute run on the same inputs in the same '
+             'run, interleaved query by query; medians over each sequence; action deviation in normalised action '
+             'units (the action head output, range about [-1, 1]).', '',
+             f'Measured with: {subtitle}; {results["matmul_flops_per_s"] / 1e9:.0f} GFLOP/s for a 4096^2 matmul.', '',
+             '| sequence | config | queries | step ms | baseline ms | speedup | time -% | FLOPs -% | '
+             '(time -%)/(FLOPs -%) | mask ms | reuse vision | reuse LLM | deviation max | deviation mean |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for name, sequence in sequences.items():
+        for config in CONFIG_ORDER:
+            summary = sequence['summary'].get(config)
+            if summary is None:
+                continue
+            ratio = summary['time_reduction'] / summary['flops_reduction'] if summary['flops_reduction'] > 0 else \
+                float('nan')
+            lines.append(
+                f'| {name} | {config} | {sequence["queries"]} | {summary["median_step_s"] * 1e3:.0f} | '
+                f'{summary["median_baseline_step_s"] * 1e3:.0f} | {summary["speedup"]:.2f}x | '
+                f'{summary["time_reduction"] * 100:.1f} | {summary["flops_reduction"] * 100:.1f} | {ratio:.2f} | '
+                f'{summary["median_mask_s"] * 1e3:.2f} | {summary["mean_vision_reuse"]:.2f} | '
+                f'{summary["mean_llm_reuse"]:.2f} | {summary["deviation_max"]:.3f} | '
+                f'{summary["deviation_mean"]:.4f} |')
+    lines += ['', 'Configurations: `zero-mask` = CTR on with threshold 0 (nothing static: the bookkeeping '
+              'overhead); `paper` = threshold 0.004, K 160, keyframe every 5, cap 120 per image; `fast` = the '
+              'preset in `ctr_vla_ros/ctr/config.py` (`PRESETS["fast"]`).', '']
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = list(sequences)
+    width = 0.8 / len(CONFIG_ORDER)
+    for index, config in enumerate(CONFIG_ORDER):
+        speedups = [sequences[name]['summary'].get(config, {}).get('speedup', np.nan) for name in names]
+        flops = [100 * sequences[name]['summary'].get(config, {}).get('flops_reduction', np.nan) for name in names]
+        positions = np.arange(len(names)) + index * width
+        axes[0].bar(positions, speedups, width, label=config)
+        axes[1].bar(positions, flops, width, label=config)
+    for axis, title in zip(axes, ('whole-step speedup vs full recompute (x)', 'FLOPs reduction (%)')):
+        axis.set_xticks(np.arange(len(names)) + width, names, fontsize=8)
+        axis.set_title(title, fontsize=10)
+        axis.legend(fontsize=8)
+    axes[0].axhline(1.0, color='gray', linewidth=0.8)
+    lines += [f'![speedup and FLOPs]({save(figure, "ctr_speedup_flops.png", subtitle)})', '']
+
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.4), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        records = sequences[name]['records']['paper']
+        reuse = np.array([record['vision_reuse'] for record in records])
+        axis.plot(reuse[:, 0], label='primary (agentview)')
+        axis.plot(reuse[:, 1], label='wrist')
+        for query, record in enumerate(records):
+            if record['keyframe']:
+                axis.axvline(query, color='lightgray', linewidth=0.8, zorder=0)
+        axis.set_title(f'{name}: reuse ratio per camera (paper config)', fontsize=9)
+        axis.set_xlabel('query (grey: keyframe)')
+        axis.set_ylim(0, 1)
+        axis.legend(fontsize=8)
+    lines += [f'![reuse per camera]({save(figure, "ctr_reuse_per_camera.png", subtitle)})', '']
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for config, marker in zip(CONFIG_ORDER, ('o', 's', '^')):
+        tokens, llm_time, step_time = [], [], []
+        for name in names:
+            for record in sequences[name]['records'].get(config, []):
+                tokens.append(record['llm_computed_visual_tokens'])
+                llm_time.append(record['times']['llm'] * 1e3)
+                step_time.append(record['total_time'] * 1e3)
+        axes[0].scatter(tokens, llm_time, s=12, marker=marker, label=config)
+        axes[1].scatter(tokens, step_time, s=12, marker=marker, label=config)
+    all_tokens = [record['llm_computed_visual_tokens'] for name in names for config in CONFIG_ORDER
+                  for record in sequences[name]['records'].get(config, [])]
+    all_llm = [record['times']['llm'] * 1e3 for name in names for config in CONFIG_ORDER
+               for record in sequences[name]['records'].get(config, [])]
+    if len(set(all_tokens)) > 1:
+        slope, intercept = np.polyfit(all_tokens, all_llm, 1)
+        grid = np.linspace(min(all_tokens), max(all_tokens), 10)
+        axes[0].plot(grid, slope * grid + intercept, color='black', linewidth=0.8,
+                     label=f'fit: {slope:.2f} ms/token + {intercept:.0f} ms')
+    axes[0].set_title('LLM time vs recomputed visual tokens', fontsize=10)
+    axes[1].set_title('whole-step time vs recomputed visual tokens', fontsize=10)
+    for axis in axes:
+        axis.set_xlabel('visual tokens recomputed in the LLM (of 512)')
+        axis.set_ylabel('ms')
+        axis.legend(fontsize=8)
+    lines += [f'![time vs tokens]({save(figure, "ctr_time_vs_tokens.png", subtitle)})', '']
+
+    figure, axis = plt.subplots(figsize=(7, 3.4))
+    for config in CONFIG_ORDER:
+        for name in names:
+            records = sequences[name]['records'].get(config)
+            if records:
+                axis.plot([record['deviation_max'] for record in records], label=f'{config} / {name}', linewidth=1)
+    axis.set_title('max action deviation from full recompute per query (normalised units)', fontsize=10)
+    axis.set_xlabel('query')
+    axis.legend(fontsize=7)
+    lines += [f'![action deviation]({save(figure, "ctr_action_deviation.png", subtitle)})', '']
+    return lines
+
+
+def node_section(results: list[dict[str, Any]]) -> list[str]:
+    lines = ['## Node overhead (real processes)', '',
+             'Command: `make bench-node` (`python -m ctr_vla_ros.tools.bench_node --checkpoint DIR`): the policy node '
+             'in its own process, cameras at 30 Hz from another process, overlap execution at 20 Hz.', '',
+             '| checkpoint | date | chunks | predict ms (median) | node overhead ms (median / p99) | '
+             'tick jitter ms, stamps (median / p99) | tick jitter ms, arrivals (median / p99) |',
+             '|---|---|---|---|---|---|---|']
+    for item in results:
+        overhead, stamps, arrivals = item['overhead_s'], item['tick_jitter_stamp_s'], item['tick_jitter_arrival_s']
+        lines.append(f'| {item["checkpoint"]} | {item["machine"]["date"]} | {item["chunks"]} | '
+                     f'{item["inference_latency_s"]["median"] * 1e3:.1f} | {overhead["median"] * 1e3:.2f} / '
+                     f'{overhead["p99"] * 1e3:.2f} | {stamps["median"] * 1e3:.2f} / {stamps["p99"] * 1e3:.2f} | '
+                     f'{arrivals["median"] * 1e3:.2f} / {arrivals["p99"] * 1e3:.2f} |')
+    lines += ['', 'Node overhead = camera stamp to ActionChunk received, minus the time the frames waited for the '
+              'executor to need a chunk, minus the predict time, plus the camera transport (see the script\'s '
+              'docstring). Tick jitter = |interval between consecutive EndEffectorDelta - 50 ms| while the next '
+              'chunk is being computed.', '']
+    return lines
+
+
+def main() -> None:
+    loaded = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob('*.json'))}
+    lines = ['# Benchmarks', '',
+             'Regenerated by `make bench` from `benchmarks/results/*.json`; every number below was measured, in '
+             'the run named next to it. Random-weight checkpoints: speed and FLOPs are real, task success is not '
+             'measured here.', '']
+    model = [value for key, value in loaded.items() if key.startswith('model_')]
+    if model:
+        lines += model_section(model)
+    for key, value in loaded.items():
+        if key.startswith('ctr_'):
+            lines += ctr_section(value)
+    node = [value for key, value in loaded.items() if key.startswith('node_')]
+    if node:
+        lines += node_section(node)
+    (BENCHMARKS / 'README.md').write_text('\n'.join(lines) + '\n')
+    print(f'wrote {BENCHMARKS / "README.md"}')
+
+
+if __name__ == '__main__':
+    main()
