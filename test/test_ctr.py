@@ -226,7 +226,7 @@ def test_config_validation_and_yaml(checkpoint, tmp_path):
     path.write_text('ctr:\n  top_k: 64\n  difference_threshold: 1e-2\n  llm_reuse: false\n')
     config = CtrConfig.from_yaml(path)
     assert (config.top_k, config.difference_threshold, config.llm_reuse) == (64, 0.01, False)
-    with pytest.raises(ValueError, match='unknown CTR settings'):
+    with pytest.raises(ValueError, match='unknown keys \\[.topk.\\] in "ctr"'):
         CtrConfig.from_dict({'topk': 3})
     with pytest.raises(ValueError, match='keyframe_interval must be >= 1'):
         CtrConfig(keyframe_interval=0)

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from ctr_vla_ros.typed_config import build_dataclass
+
 STATIC_METRICS = ('gray_difference', 'rgb_cosine')
 REFERENCES = ('patch', 'query')
 
@@ -74,17 +76,7 @@ class CtrConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CtrConfig:
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = set(values) - set(fields)
-        if unknown:
-            raise ValueError(f'unknown CTR settings {sorted(unknown)}; known: {sorted(fields)}')
-        converted = {}
-        for name, value in values.items():
-            kind = type(fields[name].default)
-            if kind is bool and not isinstance(value, bool):
-                raise ValueError(f'CTR setting {name} must be true or false, got {value!r}')
-            converted[name] = kind(value)
-        return cls(**converted)
+        return build_dataclass(cls, values, 'ctr')
 
     @classmethod
     def from_yaml(cls, path: str | Path, section: str | None = 'ctr') -> CtrConfig:

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from ctr_vla_ros.typed_config import build_dataclass
+
 PATCH_SIZE = 14
 IMAGE_SIZE = 224
 
@@ -143,7 +145,7 @@ def architecture_from_config(checkpoint_config: dict[str, Any],
             sections[key] = {**sections.get(key, {}), **value} if key != 'vision_towers' else value
 
     if 'vision_towers' in sections:
-        towers = tuple(_make(VisionTowerConfig, tower, 'vision_towers') for tower in sections['vision_towers'])
+        towers = tuple(build_dataclass(VisionTowerConfig, tower, 'vision_towers', ArchitectureError) for tower in sections['vision_towers'])
     else:
         tower_ids = checkpoint_config.get('timm_model_ids') or []
         unknown_ids = [tower_id for tower_id in tower_ids if tower_id not in KNOWN_TOWERS]
@@ -158,10 +160,10 @@ def architecture_from_config(checkpoint_config: dict[str, Any],
     text_config = checkpoint_config.get('text_config') or {}
     llm_values = {ours: text_config[hf] for hf, ours in _LLM_KEYS_FROM_HF.items() if hf in text_config}
     llm_values.update(sections.get('llm', {}))
-    llm = _make(LlmConfig, llm_values, 'llm')
+    llm = build_dataclass(LlmConfig, llm_values, 'llm', ArchitectureError)
     if llm.hidden_size % llm.num_heads:
         raise ArchitectureError(f'llm hidden_size {llm.hidden_size} is not divisible by num_heads {llm.num_heads}')
-    action = _make(ActionLayout, sections.get('action', {}), 'action')
+    action = build_dataclass(ActionLayout, sections.get('action', {}), 'action', ArchitectureError)
     return ModelArchitecture(towers, llm, action)
 
 
@@ -169,25 +171,6 @@ def architecture_to_dict(architecture: ModelArchitecture) -> dict[str, Any]:
     """The override-file form of an architecture (what the checkpoint generator writes as `ctr_vla_arch`)."""
     return dataclasses.asdict(architecture) | {
         'vision_towers': [dataclasses.asdict(tower) for tower in architecture.vision_towers]}
-
-
-_FIELD_TYPES = {'int': int, 'float': float, 'str': str}
-
-
-def _make(cls: type, values: dict[str, Any], section: str) -> Any:
-    """Build a config dataclass, refusing unknown keys and converting values to the declared types (YAML reads
-    `1e-6` as a string)."""
-    fields = {field.name: _FIELD_TYPES[field.type] for field in dataclasses.fields(cls)}
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ArchitectureError(f'unknown keys {sorted(unknown)} in "{section}"; expected some of {sorted(fields)}')
-    converted = {}
-    for key, value in values.items():
-        try:
-            converted[key] = fields[key](value)
-        except (TypeError, ValueError) as error:
-            raise ArchitectureError(f'"{section}.{key}": {value!r} is not a {fields[key].__name__}') from error
-    return cls(**converted)
 
 
 def read_checkpoint_config(checkpoint_dir: str | Path) -> dict[str, Any]:
