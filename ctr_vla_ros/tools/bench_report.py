@@ -52,7 +52,7 @@ def model_section(results: list[dict[str, Any]]) -> list[str]:
             f'{item["achieved_flops_per_s"] / 1e9:.0f} | {item["matmul_flops_per_s"] / 1e9:.0f} | '
             f'{item["achieved_flops_per_s"] / item["matmul_flops_per_s"]:.0%} |')
     if results:
-        full = results[-1]
+        full = max(results, key=lambda item: item['step_flops'])  # the most realistic per-layer shapes
         lines += ['', f'The full-size OpenVLA-OFT step costs {full["full_size_step_flops"] / 1e12:.2f} TFLOP '
                   f'(S = L + 571); at the rate measured on the `{full["checkpoint"]}` checkpoint this CPU would take '
                   f'about {full["full_size_step_time_estimate_s"]:.0f} s per step.', '']
