@@ -14,6 +14,7 @@ import torch
 from ctr_vla_ros.ctr.config import CtrConfig
 from ctr_vla_ros.ctr.engine import CtrEngine, ModelInput, StepReport
 from ctr_vla_ros.model.checkpoint import LoadedCheckpoint
+from ctr_vla_ros.model.config import ActionLayout
 from ctr_vla_ros.model.normalization import normalize_proprio, unnormalize_actions
 from ctr_vla_ros.model.preprocess import pixel_values, prepare_image
 
@@ -42,7 +43,7 @@ class VlaPolicy:
         self.dtype, self.device = parameter.dtype, parameter.device
 
     @property
-    def layout(self):
+    def layout(self) -> ActionLayout:
         return self.checkpoint.architecture.action
 
     def prepare(self, images: Sequence[np.ndarray], state: np.ndarray, instruction: str) -> ModelInput:

@@ -6,7 +6,7 @@ import unittest
 
 import pytest
 
-launch_testing = pytest.importorskip('launch_testing', reason='launch_testing needs a ROS distro')
+pytest.importorskip('launch_testing', reason='launch_testing needs a ROS distro')
 from ament_index_python.packages import get_package_share_directory  # noqa: E402
 from launch import LaunchDescription  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402

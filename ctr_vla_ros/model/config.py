@@ -145,7 +145,8 @@ def architecture_from_config(checkpoint_config: dict[str, Any],
             sections[key] = {**sections.get(key, {}), **value} if key != 'vision_towers' else value
 
     if 'vision_towers' in sections:
-        towers = tuple(build_dataclass(VisionTowerConfig, tower, 'vision_towers', ArchitectureError) for tower in sections['vision_towers'])
+        towers = tuple(build_dataclass(VisionTowerConfig, tower, 'vision_towers', ArchitectureError)
+                       for tower in sections['vision_towers'])
     else:
         tower_ids = checkpoint_config.get('timm_model_ids') or []
         unknown_ids = [tower_id for tower_id in tower_ids if tower_id not in KNOWN_TOWERS]

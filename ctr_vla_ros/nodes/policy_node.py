@@ -32,7 +32,7 @@ from std_msgs.msg import Float64MultiArray, Header, String
 from std_srvs.srv import SetBool, Trigger
 
 from ctr_vla_ros.control.chunk_execution import EXECUTION_MODES, ActionConvention, ChunkExecutor, DeltaLimits
-from ctr_vla_ros.control.frame_pairing import FramePairer
+from ctr_vla_ros.control.frame_pairing import FramePairer, FrameSet
 from ctr_vla_ros.control.robot_state import check_state_range, libero_state
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS
@@ -375,7 +375,7 @@ class PolicyNode(Node):
         self.inference_busy = True
         self.inference_wakeup.notify()
 
-    def _already_used(self, frames) -> bool:
+    def _already_used(self, frames: FrameSet) -> bool:
         """Caller holds the lock. Identity, not stamps: stamps may go backwards (a replayed bag, a sim reset)."""
         last = self.last_query_frames
         return last is not None and all(new is old for new, old in zip(frames.frames, last))
@@ -418,7 +418,7 @@ class PolicyNode(Node):
                 self.publish_query_outputs(prediction, frames, chunk_id, observation_age, latency)
 
     # ----------------------------------------------------------------------------------- publishing
-    def publish_query_outputs(self, prediction: Prediction, frames, chunk_id: int, observation_age: float,
+    def publish_query_outputs(self, prediction: Prediction, frames: FrameSet, chunk_id: int, observation_age: float,
                               latency: float) -> None:
         report = prediction.report
         primary_header = frames.frames[0][1]

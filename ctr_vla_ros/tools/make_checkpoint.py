@@ -74,7 +74,8 @@ def architecture_for(size: str, vision_depth: int, llm_layers: int, vocab_size: 
 
 def build_tokenizer() -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(unk_token='<unk>', byte_fallback=True, fuse_unk=True))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE_TOKEN), normalizers.Replace(' ', SPACE_TOKEN)])
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE_TOKEN),
+                                                 normalizers.Replace(' ', SPACE_TOKEN)])
     # Pieces never cross a word boundary, as in Llama-2's SentencePiece model.
     tokenizer.pre_tokenizer = pre_tokenizers.Split(SPACE_TOKEN, behavior='merged_with_next')
     tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE_TOKEN, ' '), decoders.ByteFallback(), decoders.Fuse(),

@@ -5,7 +5,8 @@ object, down, grasp, up, above the goal object, down, release, up; it starts ove
 for the whole episode, so the frames show realistic motion; task success is incidental. One observation is saved
 every `query_every` control steps (OpenVLA-OFT's LIBERO cadence: 8).
 
-    python -m ctr_vla_ros.tools.record_libero --suite libero_goal --task 5 --init-state 2 --output recorded/goal_t5_i2.npz
+    python -m ctr_vla_ros.tools.record_libero --suite libero_goal --task 5 --init-state 2 \
+        --output recorded/goal_t5_i2.npz
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def record(suite: str, task_id: int, init_state: int, steps: int, query_every: i
             actions.append(action)
             observation = simulation.step(action)
         return {
-            'agentview': np.stack(agentview), 'wrist': np.stack(wrist), 'proprio8': np.stack(proprio).astype(np.float32),
+            'agentview': np.stack(agentview), 'wrist': np.stack(wrist),
+            'proprio8': np.stack(proprio).astype(np.float32),
             'actions': np.stack(actions).astype(np.float32), 'query_steps': np.array(query_steps, dtype=np.int32),
             'instruction': np.array(simulation.instruction), 'suite': np.array(suite), 'task_id': np.array(task_id),
             'init_state': np.array(init_state), 'render_res': np.array(resolution),
