@@ -5,7 +5,6 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
 
 import pytest
 
@@ -45,5 +44,5 @@ def libero_sequence():
     path = LIBERO_SEQUENCES / 'libero_spatial_t0_i0.npz'
     if not path.is_file():
         pytest.skip(f'LIBERO sequences not found at {LIBERO_SEQUENCES} (clone with ../shared beside the repo)')
-    data = np.load(path)
-    return {key: data[key] for key in ('agentview', 'wrist', 'proprio8')} | {'instruction': str(data['instruction'])}
+    from ctr_vla_ros.tools.bench_ctr import load_sequence
+    return load_sequence(path)

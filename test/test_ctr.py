@@ -182,9 +182,8 @@ def test_attention_probe_equals_explicit_attention_map(checkpoint, libero_sequen
     model, tokens = checkpoint.model, checkpoint.tokens
     llm = model.language_model.model
     hidden_size = checkpoint.architecture.llm.hidden_size
-    visual = model.projector(model.vision_backbone(query.pixel_values)).reshape(1, -1, hidden_size)
-    bos, rest = model.text_embeddings(query.prompt_ids, tokens.space_id, tokens.stop_id, query.normalized_proprio)
-    embeddings = torch.cat([bos, visual, rest], dim=1)
+    embeddings = model.sequence_embeddings(query.pixel_values, query.normalized_proprio, query.prompt_ids,
+                                           tokens.space_id, tokens.stop_id)
     positions = torch.arange(embeddings.shape[1])
     layout = model.layout(len(query.prompt_ids))
     prompt = torch.arange(layout.prompt_positions.start, layout.prompt_positions.stop)

@@ -32,11 +32,9 @@ def query(policy, libero_sequence):
 
 
 def full_embeddings(checkpoint, query):
-    model, tokens = checkpoint.model, checkpoint.tokens
-    hidden_size = checkpoint.architecture.llm.hidden_size
-    visual = model.projector(model.vision_backbone(query.pixel_values)).reshape(1, -1, hidden_size)
-    bos, rest = model.text_embeddings(query.prompt_ids, tokens.space_id, tokens.stop_id, query.normalized_proprio)
-    return torch.cat([bos, visual, rest], dim=1)
+    tokens = checkpoint.tokens
+    return checkpoint.model.sequence_embeddings(query.pixel_values, query.normalized_proprio, query.prompt_ids,
+                                                tokens.space_id, tokens.stop_id)
 
 
 @torch.inference_mode()

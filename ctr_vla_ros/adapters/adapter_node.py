@@ -95,10 +95,7 @@ class AdapterNode(Node, abc.ABC):
 
     def on_shutdown(self) -> None:
         self.stop()
-        self.flush()
-
-    def flush(self) -> None:
-        """Wait until the last velocity command is delivered (subclasses own the publisher)."""
+        # Let the zero velocity reach the driver before the publisher (created by the subclass) is destroyed.
         self.velocity_publisher.wait_for_all_acked(Duration(seconds=1.0))
 
     @abc.abstractmethod

@@ -26,13 +26,6 @@ class FramePairer:
     def add(self, camera: int, stamp: float, frame: Any) -> None:
         self._frames[camera].append((stamp, frame))
 
-    def clear(self) -> None:
-        for frames in self._frames:
-            frames.clear()
-
-    def newest_stamp(self, camera: int) -> float | None:
-        return self._frames[camera][-1][0] if self._frames[camera] else None
-
     def latest(self) -> FrameSet | None:
         if not self._frames[0]:
             return None

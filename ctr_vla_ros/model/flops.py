@@ -14,9 +14,6 @@ from collections.abc import Sequence
 
 from ctr_vla_ros.model.config import KNOWN_TOWERS, PATCH_SIZE, ActionLayout, LlmConfig, ModelArchitecture
 
-# Prompt length (ids including BOS) of a typical LIBERO instruction with the Llama-2 tokenizer: S = L + 571 = 605.
-TYPICAL_PROMPT_LENGTH = 34
-
 
 @dataclasses.dataclass
 class StepFlops:

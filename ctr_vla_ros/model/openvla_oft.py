@@ -87,6 +87,14 @@ class OpenVlaOft(nn.Module):
         """Final norm + action head on the hidden states at `action_hidden_positions`: (chunk, action_dim), fp32."""
         return self.action_head(self.language_model.model.norm(action_hidden)).float()
 
+    def sequence_embeddings(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor,
+                            prompt_ids: torch.Tensor, space_token_id: int, stop_token_id: int) -> torch.Tensor:
+        """Input embeddings of the whole sequence, (1, layout.length, hidden), every position computed."""
+        hidden_size = self.architecture.llm.hidden_size
+        visual = self.projector(self.vision_backbone(pixel_values)).reshape(1, -1, hidden_size)
+        bos, rest = self.text_embeddings(prompt_ids, space_token_id, stop_token_id, normalized_proprio)
+        return torch.cat([bos, visual, rest], dim=1)
+
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor, prompt_ids: torch.Tensor,
                 space_token_id: int, stop_token_id: int) -> torch.Tensor:
@@ -95,10 +103,8 @@ class OpenVlaOft(nn.Module):
         pixel_values: (num_images, 6, 224, 224) in the model dtype; normalized_proprio: (proprio_dim,);
         prompt_ids: (L,) with BOS first. Returns normalised actions (chunk, action_dim), fp32."""
         layout = self.layout(len(prompt_ids))
-        hidden_size = self.architecture.llm.hidden_size
-        visual = self.projector(self.vision_backbone(pixel_values)).reshape(1, -1, hidden_size)
-        bos, rest = self.text_embeddings(prompt_ids, space_token_id, stop_token_id, normalized_proprio)
-        embeddings = torch.cat([bos, visual, rest], dim=1)
+        embeddings = self.sequence_embeddings(pixel_values, normalized_proprio, prompt_ids, space_token_id,
+                                              stop_token_id)
         positions = torch.arange(layout.length, device=embeddings.device)
         hidden = self.language_model.model(embeddings, positions)
         action_positions = layout.action_hidden_positions

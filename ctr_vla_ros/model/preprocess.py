@@ -27,17 +27,6 @@ SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 JPEG_QUALITY = 95
 
 
-def as_rgb(image: np.ndarray, encoding: str) -> np.ndarray:
-    """An HxWx3 uint8 image in 'rgb8' or 'bgr8' order, as RGB."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f'expected an HxWx3 uint8 image, got {image.dtype} {image.shape}')
-    if encoding == 'rgb8':
-        return image
-    if encoding == 'bgr8':
-        return image[:, :, ::-1]
-    raise ValueError(f'unsupported encoding {encoding!r}: expected rgb8 or bgr8')
-
-
 def resize_to_model(image: np.ndarray) -> np.ndarray:
     """JPEG round trip + antialiased Lanczos resize to 224x224 (no-op if already 224x224)."""
     if image.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):

@@ -18,7 +18,6 @@ import enum
 import sys
 import threading
 import time
-from pathlib import Path
 
 from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, EndEffectorDelta, ReuseMask
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -41,9 +40,9 @@ from ctr_vla_ros.nodes.parameters import (SHARED_PARAMETERS, ParameterSpec, ctr_
                                           ctr_parameter_specs, declare)
 from ctr_vla_ros.nodes.runtime import run
 from ctr_vla_ros.policy import InputError, Prediction, VlaPolicy
+from ctr_vla_ros.tools.make_checkpoint import demo_checkpoint
 
 GIL_SWITCH_INTERVAL = 0.0005  # s
-DEMO_CHECKPOINT = Path.home() / '.cache' / 'ctr_vla_ros' / 'tiny-demo-checkpoint'
 
 PARAMETERS = [
     ParameterSpec('checkpoint', '', 'OpenVLA-OFT checkpoint directory; empty: a generated tiny RANDOM-WEIGHT '
@@ -164,12 +163,7 @@ class PolicyNode(Node):
     # ----------------------------------------------------------------------------------------- set-up
     def _load_policy(self) -> VlaPolicy:
         settings = self.settings
-        checkpoint_dir = settings['checkpoint']
-        if not checkpoint_dir:
-            checkpoint_dir = str(DEMO_CHECKPOINT)
-            if not (DEMO_CHECKPOINT / 'config.json').is_file():
-                from ctr_vla_ros.tools.make_checkpoint import write_checkpoint
-                write_checkpoint(DEMO_CHECKPOINT, size='tiny')
+        checkpoint_dir = settings['checkpoint'] or demo_checkpoint()
         import torch
         dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16}[settings['dtype']]
         checkpoint = load_checkpoint(checkpoint_dir, settings['arch_override'] or None, dtype, settings['device'])

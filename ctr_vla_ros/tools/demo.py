@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image as PilImage
 import yaml
 
+from ctr_vla_ros.tools.make_checkpoint import demo_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'config' / 'ctr_vla.yaml'
 # What bringup.launch.py starts for robot:=sim rviz:=false (a test keeps the two in step).
@@ -231,13 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.output / 'logs'
     logs.mkdir(exist_ok=True)
     random_weights = args.checkpoint is None
-    checkpoint = args.checkpoint or REPO / 'checkpoints' / 'tiny-demo'
     if random_weights:
         print('*** No checkpoint given: using a tiny checkpoint with RANDOM WEIGHTS. The arm will move '
               'meaninglessly; the pipeline, masks and costs are real. ***')
-        if not (checkpoint / 'config.json').is_file():
-            from ctr_vla_ros.tools.make_checkpoint import write_checkpoint
-            write_checkpoint(checkpoint, size='tiny')
+    checkpoint = args.checkpoint or demo_checkpoint()
 
     started = time.monotonic()
     processes = start_nodes(checkpoint, random_weights, args.steps, logs)

@@ -173,6 +173,16 @@ def write_shards(output: Path, tensors: dict[str, torch.Tensor], shard_bytes: in
                                                 indent=2))
 
 
+DEMO_CHECKPOINT = Path.home() / '.cache' / 'ctr_vla_ros' / 'tiny-demo-checkpoint'
+
+
+def demo_checkpoint() -> Path:
+    """The tiny random-weight checkpoint used when no checkpoint is configured (written on first use)."""
+    if not (DEMO_CHECKPOINT / 'config.json').is_file():
+        write_checkpoint(DEMO_CHECKPOINT, size='tiny')
+    return DEMO_CHECKPOINT
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--size', choices=['tiny', 'bench'], default='tiny')
