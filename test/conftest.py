@@ -27,10 +27,10 @@ def ros_domain(monkeypatch: pytest.MonkeyPatch) -> int:
 @pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """A tiny random-weight checkpoint in the official on-disk format, generated once per test run."""
-    from ctr_vla_ros.tools.make_checkpoint import write_checkpoint
+    from ctr_vla_ros.model.random_checkpoint import write_random_checkpoint
 
     directory = tmp_path_factory.mktemp('checkpoints') / 'tiny'
-    write_checkpoint(directory, size='tiny', seed=0)
+    write_random_checkpoint(directory, size='tiny', seed=0)
     return directory
 
 

@@ -13,7 +13,7 @@ import torch
 from ctr_vla_ros.model.checkpoint import CheckpointError, load_checkpoint
 from ctr_vla_ros.model.config import ArchitectureError
 from ctr_vla_ros.policy import VlaPolicy
-from ctr_vla_ros.tools.make_checkpoint import write_checkpoint
+from ctr_vla_ros.model.random_checkpoint import write_random_checkpoint
 
 UNNORM_KEY = 'libero_spatial_no_noops'
 
@@ -32,7 +32,7 @@ def predict(directory, sequence, index=0, **load_options):
 
 def test_generator_is_deterministic_and_official_layout(tiny_checkpoint, tmp_path):
     again = tmp_path / 'again'
-    write_checkpoint(again, size='tiny', seed=0)
+    write_random_checkpoint(again, size='tiny', seed=0)
     names = sorted(path.name for path in tiny_checkpoint.iterdir())
     assert names == sorted(path.name for path in again.iterdir())
     assert {'config.json', 'model.safetensors.index.json', 'tokenizer.json', 'dataset_statistics.json',
@@ -139,3 +139,32 @@ def test_predict_command_writes_the_policys_chunk(tiny_checkpoint, libero_sequen
     command[command.index(UNNORM_KEY)] = 'bridge_orig'
     refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and 'unknown unnorm_key' in refused.stderr
+
+
+def test_prompt_is_the_releases_with_the_literal_space_id(tiny_checkpoint, libero_sequence):
+    """The release appends token id 29871 after "Out:" whatever the tokenizer; this tokenizer's "▁" is another id."""
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    tokens, model = checkpoint.tokens, checkpoint.model
+    assert tokens.tokenizer.convert_tokens_to_ids('\u2581') not in (None, 29871)
+    instruction = libero_sequence['instruction']
+    release_ids = [tokens.bos_id] + tokens.tokenizer.encode(
+        f'In: What action should the robot take to {instruction.lower()}?\nOut:', add_special_tokens=False)
+    if release_ids[-1] != 29871:
+        release_ids.append(29871)
+
+    query = VlaPolicy(checkpoint, UNNORM_KEY).prepare(
+        [libero_sequence['agentview'][0], libero_sequence['wrist'][0]], libero_sequence['proprio8'][0], instruction)
+    embeddings = model.sequence_embeddings(query.pixel_values, query.normalized_proprio, query.prompt_ids,
+                                           tokens.space_id, tokens.stop_id)
+    layout = model.layout(len(query.prompt_ids))
+    text_positions = [0, *layout.prompt_positions, layout.action_hidden_positions.start]
+    expected = model.language_model.model.embed_tokens(torch.tensor(release_ids))
+    torch.testing.assert_close(embeddings[0, text_positions], expected, rtol=0, atol=0)
+
+
+def test_vocabulary_without_the_release_space_id_is_refused(broken):
+    config = json.loads((broken / 'config.json').read_text())
+    config['ctr_vla_arch']['llm']['vocab_size'] = 512
+    (broken / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match='512 entries, but OpenVLA-OFT appends token id 29871'):
+        load_checkpoint(broken)

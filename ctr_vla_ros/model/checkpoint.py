@@ -33,7 +33,10 @@ INDEX_FILE = 'model.safetensors.index.json'
 STATISTICS_FILE = 'dataset_statistics.json'
 TOKENIZER_FILE = 'tokenizer.json'
 SIDECARS = {'action_head': 'action_head--*_checkpoint.pt', 'proprio_projector': 'proprio_projector--*_checkpoint.pt'}
-SPACE_TOKEN = '\u2581'  # SentencePiece's word-boundary piece; id 29871 in Llama-2
+SPACE_TOKEN = '\u2581'  # SentencePiece's word-boundary piece
+# The release's predict_action appends this literal id after the prompt, whatever the tokenizer (it is "▁" in
+# Llama-2's vocabulary). Matching the release means using the id, not the tokenizer's "▁" piece.
+RELEASE_SPACE_TOKEN_ID = 29871
 
 
 class CheckpointError(ValueError):
@@ -48,7 +51,8 @@ class PromptTokens:
     space_id: int
 
     def prompt_ids(self, instruction: str) -> list[int]:
-        """BOS + the release's prompt up to "Out:" (without the space token, which the layout adds)."""
+        """BOS + the release's prompt up to "Out:", without a trailing space token: the layout always adds
+        `space_id` after the prompt, as the release appends 29871 unless the prompt already ends with it."""
         prompt = f'In: What action should the robot take to {instruction.lower()}?\nOut:'
         ids = [self.bos_id] + self.tokenizer.encode(prompt, add_special_tokens=False)
         return ids[:-1] if ids[-1] == self.space_id else ids
@@ -91,6 +95,7 @@ def load_checkpoint(checkpoint_dir: str | Path, architecture_override: str | Pat
         raise CheckpointError(f'{directory}: not a directory')
     override = load_override_file(architecture_override) if architecture_override else None
     architecture = architecture_from_config(read_checkpoint_config(directory), override)
+    tokens = load_tokens(directory, architecture.llm.vocab_size)
 
     with torch.device('meta'):
         model = OpenVlaOft(architecture)
@@ -123,7 +128,7 @@ def load_checkpoint(checkpoint_dir: str | Path, architecture_override: str | Pat
     missing = sorted(set(expected) - loaded)
     if missing:
         raise CheckpointError(f'{directory}: {len(missing)} tensors missing, e.g. {missing[:3]}')
-    return LoadedCheckpoint(model, load_tokens(directory), load_statistics(directory), architecture, directory.name)
+    return LoadedCheckpoint(model, tokens, load_statistics(directory), architecture, directory.name)
 
 
 def shard_contents(directory: Path) -> dict[Path, list[str]]:
@@ -177,15 +182,18 @@ def load_statistics(directory: Path) -> dict[str, Any]:
     return norm_stats
 
 
-def load_tokens(directory: Path) -> PromptTokens:
+def load_tokens(directory: Path, vocab_size: int) -> PromptTokens:
     path = directory / TOKENIZER_FILE
     if not path.is_file():
         raise CheckpointError(f'{directory}: missing {TOKENIZER_FILE}')
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path))
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ('<s>', '</s>', SPACE_TOKEN)}
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ('<s>', '</s>')}
     if any(token_id is None or token_id == tokenizer.unk_token_id for token_id in ids.values()):
-        raise CheckpointError(f'{path}: tokenizer lacks one of <s>, </s>, {SPACE_TOKEN!r}: {ids}')
-    return PromptTokens(tokenizer, ids['<s>'], ids['</s>'], ids[SPACE_TOKEN])
+        raise CheckpointError(f'{path}: tokenizer lacks one of <s>, </s>: {ids}')
+    if vocab_size <= RELEASE_SPACE_TOKEN_ID:
+        raise CheckpointError(f'{directory}: the LLM vocabulary has {vocab_size} entries, but OpenVLA-OFT appends '
+                              f'token id {RELEASE_SPACE_TOKEN_ID} to every prompt')
+    return PromptTokens(tokenizer, ids['<s>'], ids['</s>'], RELEASE_SPACE_TOKEN_ID)
 
 
 __all__ = ['ArchitectureError', 'CheckpointError', 'LoadedCheckpoint', 'PromptTokens', 'load_checkpoint']

@@ -6,20 +6,25 @@ Sequence layout (V visual tokens = 256 per image, L = prompt ids including BOS, 
     1 .. V           visual tokens, images in model order, patches in raster order
     V+1              proprio token
     V+2 .. V+L       prompt ids 1 .. L-1
-    V+1+L            the SentencePiece space token ("▁", id 29871 in Llama-2)
+    V+1+L            token id 29871, appended literally as the release does ("▁" in Llama-2)
     V+2+L ..         chunk*action_dim action slots, zero embeddings
     last             EOS
 
 The action head reads the final-norm hidden states one position left of the action slots (the space token and all
 action slots but the last).
+
+`forward` is one query (what serving runs); `forward_batch` is the same computation on a training batch, whose
+prompts may differ in length: each sequence keeps the layout above and is right-padded after its stop token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from ctr_vla_ros.model.config import ModelArchitecture
 from ctr_vla_ros.model.heads import FusedGeluProjector, L1RegressionActionHead, ProprioProjector
@@ -87,13 +92,47 @@ class OpenVlaOft(nn.Module):
         """Final norm + action head on the hidden states at `action_hidden_positions`: (chunk, action_dim), fp32."""
         return self.action_head(self.language_model.model.norm(action_hidden)).float()
 
+    def batch_sequence_embeddings(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor,
+                                  prompt_ids: Sequence[torch.Tensor], space_token_id: int,
+                                  stop_token_id: int) -> torch.Tensor:
+        """Input embeddings of a batch of sequences, (batch, longest layout.length, hidden), every position computed.
+
+        pixel_values: (batch, num_images, 6, 224, 224); normalized_proprio: (batch, proprio_dim); prompt_ids: one
+        (L,) tensor per sample. A sequence shorter than the longest is right-padded with zero vectors after its stop
+        token, so every position up to its stop token is where the batch-1 layout puts it."""
+        batch = pixel_values.shape[0]
+        hidden_size = self.architecture.llm.hidden_size
+        visual = self.projector(self.vision_backbone(pixel_values.flatten(0, 1))).reshape(batch, -1, hidden_size)
+        texts = [self.text_embeddings(ids, space_token_id, stop_token_id, proprio)
+                 for ids, proprio in zip(prompt_ids, normalized_proprio, strict=True)]
+        longest = max(rest.shape[1] for _, rest in texts)
+        bos = torch.cat([bos for bos, _ in texts])
+        rest = torch.cat([F.pad(rest, (0, 0, 0, longest - rest.shape[1])) for _, rest in texts])
+        return torch.cat([bos, visual, rest], dim=1)
+
     def sequence_embeddings(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor,
                             prompt_ids: torch.Tensor, space_token_id: int, stop_token_id: int) -> torch.Tensor:
         """Input embeddings of the whole sequence, (1, layout.length, hidden), every position computed."""
-        hidden_size = self.architecture.llm.hidden_size
-        visual = self.projector(self.vision_backbone(pixel_values)).reshape(1, -1, hidden_size)
-        bos, rest = self.text_embeddings(prompt_ids, space_token_id, stop_token_id, normalized_proprio)
-        return torch.cat([bos, visual, rest], dim=1)
+        return self.batch_sequence_embeddings(pixel_values[None], normalized_proprio[None], [prompt_ids],
+                                              space_token_id, stop_token_id)
+
+    def forward_batch(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor,
+                      prompt_ids: Sequence[torch.Tensor], space_token_id: int, stop_token_id: int) -> torch.Tensor:
+        """The full-recompute step on a batch, differentiable (the training forward pass). Inputs as in
+        `batch_sequence_embeddings`; returns normalised actions (batch, chunk, action_dim), fp32. Each sample's
+        result is the one `forward` gives for it alone: padding is masked out of every attention."""
+        layouts = [self.layout(len(ids)) for ids in prompt_ids]
+        embeddings = self.batch_sequence_embeddings(pixel_values, normalized_proprio, prompt_ids, space_token_id,
+                                                    stop_token_id)
+        positions = torch.arange(embeddings.shape[1], device=embeddings.device)
+        lengths = torch.tensor([layout.length for layout in layouts], device=embeddings.device)
+        padded = bool((lengths < embeddings.shape[1]).any())
+        key_padding_mask = positions[None, :] < lengths[:, None] if padded else None
+        hidden = self.language_model.model(embeddings, positions, key_padding_mask=key_padding_mask)
+        # The action head takes one sample's (slots, hidden) rows; it is tiny next to the LLM, so a loop costs little.
+        return torch.stack([self.predict_actions(sample[layout.action_hidden_positions.start:
+                                                        layout.action_hidden_positions.stop])
+                            for sample, layout in zip(hidden, layouts)])
 
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor, prompt_ids: torch.Tensor,
@@ -102,10 +141,5 @@ class OpenVlaOft(nn.Module):
 
         pixel_values: (num_images, 6, 224, 224) in the model dtype; normalized_proprio: (proprio_dim,);
         prompt_ids: (L,) with BOS first. Returns normalised actions (chunk, action_dim), fp32."""
-        layout = self.layout(len(prompt_ids))
-        embeddings = self.sequence_embeddings(pixel_values, normalized_proprio, prompt_ids, space_token_id,
-                                              stop_token_id)
-        positions = torch.arange(layout.length, device=embeddings.device)
-        hidden = self.language_model.model(embeddings, positions)
-        action_positions = layout.action_hidden_positions
-        return self.predict_actions(hidden[0, action_positions.start:action_positions.stop])
+        return self.forward_batch(pixel_values[None], normalized_proprio[None], [prompt_ids], space_token_id,
+                                  stop_token_id)[0]

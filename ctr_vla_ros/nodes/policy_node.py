@@ -40,7 +40,7 @@ from ctr_vla_ros.nodes.parameters import (SHARED_PARAMETERS, ParameterSpec, ctr_
                                           ctr_parameter_specs, declare)
 from ctr_vla_ros.nodes.runtime import run
 from ctr_vla_ros.policy import InputError, Prediction, VlaPolicy
-from ctr_vla_ros.tools.make_checkpoint import demo_checkpoint
+from ctr_vla_ros.model.random_checkpoint import demo_checkpoint
 
 GIL_SWITCH_INTERVAL = 0.0005  # s
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image as PilImage
 import yaml
 
-from ctr_vla_ros.tools.make_checkpoint import demo_checkpoint
+from ctr_vla_ros.model.random_checkpoint import demo_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'config' / 'ctr_vla.yaml'

@@ -1,0 +1,99 @@
+"""Random-weight OpenVLA-OFT checkpoints in the release's on-disk format, deterministic from a seed.
+
+Sizes:
+  tiny   small towers and LLM (milliseconds per step on a CPU): tests and the random-weight demo.
+  bench  the real tower widths, heads and MLP sizes and the real Llama-2-7B layer shape, with reduced depth:
+         benchmarks whose per-layer cost is the real one.
+
+The weights are random: a policy built from them moves a robot meaninglessly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ctr_vla_ros.model.checkpoint_writer import (DINOV2_ID, SIGLIP_ID, build_tokenizer, save_checkpoint,
+                                                 vocab_size_for)
+from ctr_vla_ros.model.config import KNOWN_TOWERS, ActionLayout, LlmConfig, ModelArchitecture, VisionTowerConfig
+from ctr_vla_ros.model.openvla_oft import OpenVlaOft
+
+TRAINING_STEP = 150000  # appears in the sidecar names, as in the release ("--150000_checkpoint.pt")
+
+# LIBERO-like dataset statistics (actions in LIBERO controller units, gripper 1 = open / 0 = close, not
+# normalised; proprio = eef position, axis-angle, gripper qpos), close to the values of the released checkpoints.
+LIBERO_STATISTICS = {
+    'action': {
+        'q01': [-0.7454, -0.6664, -0.9375, -0.1121, -0.1529, -0.1979, 0.0],
+        'q99': [0.9375, 0.8625, 0.9375, 0.1330, 0.1757, 0.2593, 1.0],
+        'mask': [True, True, True, True, True, True, False],
+    },
+    'proprio': {
+        'q01': [-0.2276, -0.2836, 0.8992, 2.9327, -0.6139, -0.2974, 0.0013, -0.0400],
+        'q99': [0.1294, 0.2842, 1.2269, 3.2951, 0.4537, 0.1823, 0.0400, -0.0013],
+    },
+}
+UNNORM_KEYS = ('libero_spatial_no_noops', 'libero_object_no_noops', 'libero_goal_no_noops', 'libero_10_no_noops')
+
+
+def architecture_for(size: str, vision_depth: int, llm_layers: int, vocab_size: int) -> ModelArchitecture:
+    if size == 'tiny':
+        towers = (VisionTowerConfig('dinov2', 64, vision_depth, 4, 128, num_registers=4),
+                  VisionTowerConfig('siglip', 48, vision_depth, 4, 96))
+        llm = LlmConfig(hidden_size=128, num_layers=llm_layers, num_heads=4, intermediate_size=256,
+                        vocab_size=vocab_size)
+    else:
+        dinov2, siglip = KNOWN_TOWERS[DINOV2_ID], KNOWN_TOWERS[SIGLIP_ID]
+        towers = (VisionTowerConfig(dinov2.kind, dinov2.width, vision_depth, dinov2.heads, dinov2.mlp_width,
+                                    dinov2.num_registers),
+                  VisionTowerConfig(siglip.kind, siglip.width, vision_depth, siglip.heads, siglip.mlp_width))
+        llm = LlmConfig(num_layers=llm_layers, vocab_size=vocab_size)
+    return ModelArchitecture(towers, llm, ActionLayout())
+
+
+def random_state_dict(model: OpenVlaOft, seed: int) -> dict[str, torch.Tensor]:
+    """Deterministic random weights with sane scales: unit norms, small LayerScale, 0.02 for everything else."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, parameter in model.state_dict().items():
+        if name.endswith('scale_factor'):
+            value = torch.full(parameter.shape, 0.1)
+        elif 'norm' in name and name.endswith('weight'):
+            value = torch.ones(parameter.shape)
+        elif name.endswith('bias'):
+            value = torch.zeros(parameter.shape)
+        else:
+            fan_in = parameter.shape[1] if parameter.dim() == 2 else 1
+            std = 0.02 if parameter.dim() != 2 or 'embed' in name else 1.0 / math.sqrt(fan_in)
+            value = torch.randn(parameter.shape, generator=generator) * std
+        state[name] = value.to(torch.bfloat16)
+    return state
+
+
+def write_random_checkpoint(output: Path, size: str = 'tiny', seed: int = 0, vision_depth: int | None = None,
+                            llm_layers: int | None = None, shard_bytes: int | None = None) -> ModelArchitecture:
+    """Write the checkpoint directory; returns its architecture (also recorded as `ctr_vla_arch` in config.json)."""
+    tokenizer = build_tokenizer()
+    architecture = architecture_for(size, vision_depth or (3 if size == 'tiny' else 4),
+                                    llm_layers or (3 if size == 'tiny' else 4), vocab_size_for(tokenizer))
+    with torch.device('meta'):
+        model = OpenVlaOft(architecture)
+    save_checkpoint(output, architecture, random_state_dict(model, seed), tokenizer,
+                    {key: LIBERO_STATISTICS for key in UNNORM_KEYS}, TRAINING_STEP,
+                    {'ctr_vla_random_weights': {'size': size, 'seed': seed,
+                                                'warning': 'random weights: actions are meaningless'}},
+                    shard_bytes or (1 << 20 if size == 'tiny' else 2 << 30))
+    return architecture
+
+
+# Versioned: a checkpoint cached by an older release of this package may not load any more.
+DEMO_CHECKPOINT = Path.home() / '.cache' / 'ctr_vla_ros' / 'tiny-random-checkpoint-v2'
+
+
+def demo_checkpoint() -> Path:
+    """The tiny random-weight checkpoint used when no checkpoint is configured (written on first use)."""
+    if not (DEMO_CHECKPOINT / 'config.json').is_file():
+        write_random_checkpoint(DEMO_CHECKPOINT, size='tiny')
+    return DEMO_CHECKPOINT
