@@ -1,6 +1,9 @@
 """The Llama-2 language model of OpenVLA-OFT, as the release runs it: fully bidirectional attention (no mask at
 all), RoPE at absolute positions, RMSNorm with eps 1e-6. `lm_head` is never used and not built. Module names mirror
-the checkpoint's `language_model.model.*` keys."""
+the checkpoint's `language_model.model.*` keys.
+
+A training batch holds sequences of different lengths right-padded to the longest: a key-padding mask keeps every
+real token from attending to the padding, so each sequence's hidden states are those it has on its own."""
 
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ class LlamaAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
                 cache: KeyValueCache | None, rows: torch.Tensor | None,
-                probe: AttentionProbe | None) -> torch.Tensor:
+                probe: AttentionProbe | None, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, tokens, hidden_size = hidden.shape
         shape = (batch, tokens, self.num_heads, -1)
         query = self.q_proj(hidden).view(shape).transpose(1, 2)
@@ -70,7 +73,12 @@ class LlamaAttention(nn.Module):
         value = self.v_proj(hidden).view(shape).transpose(1, 2)
         cos, sin = rotary
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
-        attended = attend(query, key, value, cache, rows, probe)
+        if key_padding_mask is None:
+            attended = attend(query, key, value, cache, rows, probe)
+        else:
+            # Padded training batches never use the CTR cache or probe, which serve one query at a time.
+            attended = F.scaled_dot_product_attention(query, key, value,
+                                                      attn_mask=key_padding_mask[:, None, None, :])
         return self.o_proj(attended.transpose(1, 2).reshape(batch, tokens, hidden_size))
 
 
@@ -95,8 +103,8 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
                 cache: KeyValueCache | None = None, rows: torch.Tensor | None = None,
-                probe: AttentionProbe | None = None) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rotary, cache, rows, probe)
+                probe: AttentionProbe | None = None, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rotary, cache, rows, probe, key_padding_mask)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -111,16 +119,18 @@ class LlamaModel(nn.Module):
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, layers: range | None = None,
                 caches: Sequence[KeyValueCache] | None = None, rows: torch.Tensor | None = None,
-                probe_layer: int | None = None, probe: AttentionProbe | None = None) -> torch.Tensor:
-        """Run `layers` (default: all) on `hidden` (1, computed tokens, hidden) at absolute `positions`.
+                probe_layer: int | None = None, probe: AttentionProbe | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Run `layers` (default: all) on `hidden` (batch, computed tokens, hidden) at absolute `positions`.
 
         rows: the computed tokens' sequence positions, for writing into `caches` (one per layer); None when every
-        position is computed. Returns the hidden states of the computed tokens before the final norm (the caller
-        normalises only the rows it reads)."""
+        position is computed. key_padding_mask: (batch, tokens) bool, False at right-padding positions (training
+        batches; not with caches or a probe). Returns the hidden states of the computed tokens before the final norm
+        (the caller normalises only the rows it reads)."""
         rotary = self.rotary_emb(positions, hidden.dtype)
         for index in layers if layers is not None else range(len(self.layers)):
             hidden = self.layers[index](hidden, rotary, caches[index] if caches is not None else None, rows,
-                                        probe if index == probe_layer else None)
+                                        probe if index == probe_layer else None, key_padding_mask)
         return hidden
 
 
