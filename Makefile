@@ -68,8 +68,8 @@ demo: setup setup-sim
 # benchmarks/README.md with its plots. BENCH_QUERIES limits the queries per sequence of the CTR benchmark.
 BENCH_CHECKPOINT := checkpoints/bench
 TINY_CHECKPOINT := checkpoints/tiny-demo
-BENCH_QUERIES ?= 40
-SEQUENCES := $(wildcard ../shared/data/libero/*.npz recorded/*.npz)
+BENCH_QUERIES ?= 20
+SEQUENCES := $(wildcard data/libero/*.npz recorded/*.npz)
 
 $(BENCH_CHECKPOINT)/config.json: | $(STAMPS)/package
 	$(VENV_PYTHON) -m ctr_vla_ros.tools.make_checkpoint --size bench --output $(BENCH_CHECKPOINT)

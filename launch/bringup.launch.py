@@ -4,8 +4,10 @@ and RViz.
     ros2 launch ctr_vla_ros bringup.launch.py [config:=FILE] [checkpoint:=DIR] [robot:=sim|kinova|franka|none]
                                               [rviz:=true|false]
 
-Every node reads the same parameter file (`config`); `checkpoint` overrides the policy's checkpoint. Motion stays
-disabled until `ros2 service call /ctr_vla_policy/enable std_srvs/srv/SetBool "{data: true}"`.
+Every node reads the same parameter file (`config`), then the robot setup's file (config/robot_<robot>.yaml: the
+robot's node, and the policy's execution mode and clamps for that robot); `checkpoint` overrides the policy's
+checkpoint. Motion stays disabled until `ros2 service call /ctr_vla_policy/enable std_srvs/srv/SetBool
+"{data: true}"`.
 """
 
 from pathlib import Path
@@ -14,12 +16,13 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo
 from launch.conditions import IfCondition, LaunchConfigurationEquals
-from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 
 def generate_launch_description() -> LaunchDescription:
     share = Path(get_package_share_directory('ctr_vla_ros'))
     config = LaunchConfiguration('config')
+    robot_config = PathJoinSubstitution([str(share / 'config'), ['robot_', LaunchConfiguration('robot'), '.yaml']])
     # The LIBERO simulation publishes /clock and advances in lockstep with the policy: follow its time.
     sim_time = {'use_sim_time': PythonExpression(["'", LaunchConfiguration('robot'), "' == 'sim'"])}
 
@@ -33,17 +36,19 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('rviz', default_value='true', choices=['true', 'false'],
                               description='start RViz with the camera and overlay views'),
         Node(package='ctr_vla_ros', executable='ctr_vla_policy', name='ctr_vla_policy', output='screen',
-             parameters=[config, {'checkpoint': LaunchConfiguration('checkpoint')}, sim_time]),
+             parameters=[config, robot_config, {'checkpoint': LaunchConfiguration('checkpoint')}, sim_time]),
         Node(package='ctr_vla_ros', executable='ctr_vla_diagnostics', name='ctr_vla_diagnostics', output='screen',
              parameters=[config, sim_time]),
         Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
              arguments=['-d', str(share / 'config' / 'ctr_vla.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),
         Node(package='ctr_vla_ros', executable='ctr_vla_libero_sim', name='ctr_vla_libero_sim', output='screen',
-             parameters=[config], condition=LaunchConfigurationEquals('robot', 'sim')),
+             parameters=[config, robot_config], condition=LaunchConfigurationEquals('robot', 'sim')),
         Node(package='ctr_vla_ros', executable='ctr_vla_kinova_adapter', name='ctr_vla_kinova_adapter',
-             output='screen', parameters=[config], condition=LaunchConfigurationEquals('robot', 'kinova')),
+             output='screen', parameters=[config, robot_config],
+             condition=LaunchConfigurationEquals('robot', 'kinova')),
         Node(package='ctr_vla_ros', executable='ctr_vla_franka_adapter', name='ctr_vla_franka_adapter',
-             output='screen', parameters=[config], condition=LaunchConfigurationEquals('robot', 'franka')),
+             output='screen', parameters=[config, robot_config],
+             condition=LaunchConfigurationEquals('robot', 'franka')),
         LogInfo(msg='motion is disabled until /ctr_vla_policy/enable is called'),
     ])

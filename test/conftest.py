@@ -34,15 +34,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     return directory
 
 
-LIBERO_SEQUENCES = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'libero'
+LIBERO_SEQUENCES = Path(__file__).resolve().parents[1] / 'data' / 'libero'
 
 
 @pytest.fixture(scope='session')
 def libero_sequence():
-    """A recorded LIBERO query-cadence episode (../shared/data/libero): agentview, wrist (40x256x256x3 uint8,
-    upright), proprio8 (40x8), instruction."""
-    path = LIBERO_SEQUENCES / 'libero_spatial_t0_i0.npz'
-    if not path.is_file():
-        pytest.skip(f'LIBERO sequences not found at {LIBERO_SEQUENCES} (clone with ../shared beside the repo)')
+    """A recorded LIBERO query-cadence episode carried by the project (data/libero): agentview, wrist
+    (20x256x256x3 uint8, upright), proprio8 (20x8), instruction."""
     from ctr_vla_ros.tools.bench_ctr import load_sequence
-    return load_sequence(path)
+    return load_sequence(LIBERO_SEQUENCES / 'libero_spatial_t0_i0.npz')

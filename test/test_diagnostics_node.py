@@ -13,13 +13,14 @@ from std_msgs.msg import Header  # noqa: E402
 from ctr_vla_ros.ctr.overlay import REUSED_BLEND, REUSED_TINT  # noqa: E402
 from ctr_vla_ros.model.preprocess import prepare_image  # noqa: E402
 from ctr_vla_ros.nodes.image_conversion import image_to_rgb, rgb_to_image  # noqa: E402
-from helpers.ros_harness import Driver, NodeProcess, wait_until  # noqa: E402
+from helpers.ros_harness import Driver, wait_until  # noqa: E402
+from ctr_vla_ros.tools.node_processes import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 
 def test_overlay_matches_the_mask(libero_sequence, ros_domain):
-    node = NodeProcess('ctr_vla_diagnostics', 'ctr_vla_diagnostics', {'overlay_scale': 1})
+    node = NodeProcess('ctr_vla_diagnostics', overrides={'overlay_scale': 1})
     driver = Driver()
     try:
         overlays = driver.record(Image, '/ctr_vla_diagnostics/overlay/wrist', qos_profile_sensor_data)

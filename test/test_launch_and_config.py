@@ -6,6 +6,7 @@ import importlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -76,18 +77,52 @@ def flatten(parameters, prefix=''):
     return flat
 
 
+ROBOT_NODES = {'sim': 'ctr_vla_libero_sim', 'kinova': 'ctr_vla_kinova_adapter',
+               'franka': 'ctr_vla_franka_adapter', 'none': None}
+
+
+def robot_file(robot):
+    return yaml.safe_load((REPO / 'config' / f'robot_{robot}.yaml').read_text())
+
+
+def declared_defaults(node_name):
+    return {spec.name: spec.default for spec in importlib.import_module(NODE_MODULES[node_name]).PARAMETERS}
+
+
 @pytest.mark.parametrize('node_name', sorted(NODE_MODULES))
-def test_parameter_file_matches_the_declared_parameters(node_name):
+def test_parameter_files_match_the_declared_parameters(node_name):
+    """Each node's full section (in ctr_vla.yaml, or in its robot's file) lists every declared parameter with its
+    default: the files are the documentation of the defaults."""
     if node_name == 'ctr_vla_libero_sim':
         pytest.importorskip('libero', reason='the LIBERO simulation extra is not installed')
     config = yaml.safe_load(CONFIG.read_text())
-    values = flatten(config['/**']['ros__parameters']) | flatten(config[node_name]['ros__parameters'])
-    declared = {spec.name: spec.default for spec in importlib.import_module(NODE_MODULES[node_name]).PARAMETERS}
-    shared = set(flatten(config['/**']['ros__parameters']))
-    assert set(values) - shared == set(declared) - shared
+    robot = next((robot for robot, node in ROBOT_NODES.items() if node == node_name), None)
+    section = config[node_name] if robot is None else robot_file(robot)[node_name]
+    shared = flatten(config['/**']['ros__parameters'])
+    values = shared | flatten(section['ros__parameters'])
+    declared = declared_defaults(node_name)
+    assert set(values) - set(shared) == set(declared) - set(shared)
     for name, default in declared.items():
         if name in values:
             assert values[name] == default and type(values[name]) is type(default), name
+
+
+@pytest.mark.parametrize('robot', sorted(ROBOT_NODES))
+def test_robot_files_override_the_policy_with_declared_values(robot):
+    overrides = flatten(robot_file(robot).get('ctr_vla_policy', {}).get('ros__parameters', {}))
+    specs = {spec.name: spec for spec in importlib.import_module(NODE_MODULES['ctr_vla_policy']).PARAMETERS}
+    for name, value in overrides.items():
+        assert name in specs, name
+        assert type(value) is type(specs[name].default), name
+        specs[name].validate(value)
+    if robot == 'sim':
+        assert overrides == {}  # the release's open_loop execution and LIBERO's clamps
+        return
+    # Real arms: continuous motion, and clamps safe for a first run (norm at most 0.25 m/s and 1 rad/s).
+    rate = yaml.safe_load(CONFIG.read_text())['ctr_vla_policy']['ros__parameters']['control_rate']
+    assert overrides['execution_mode'] == 'overlap'
+    assert np.linalg.norm(overrides['max_translation_step']) * rate <= 0.25
+    assert np.linalg.norm(overrides['max_rotation_step']) * rate <= 1.0
 
 
 @pytest.mark.skipif(shutil.which('ros2') is None, reason='ros2 launch needs a ROS distro (not installable here)')

@@ -1,5 +1,6 @@
 """The policy node as its own process, driven over real topics by this test process."""
 
+import signal
 import time
 
 import numpy as np
@@ -18,7 +19,8 @@ from ctr_vla_ros.ctr.config import CtrConfig  # noqa: E402
 from ctr_vla_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from ctr_vla_ros.nodes.image_conversion import rgb_to_image  # noqa: E402
 from ctr_vla_ros.policy import VlaPolicy  # noqa: E402
-from helpers.ros_harness import Driver, NodeProcess, wait_until  # noqa: E402
+from helpers.ros_harness import Driver, wait_until  # noqa: E402
+from ctr_vla_ros.tools.node_processes import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -27,7 +29,8 @@ NODE = '/ctr_vla_policy'
 
 
 class Feed:
-    """Publishes both cameras at 10 Hz and the robot state at 20 Hz; tests change what is published."""
+    """Publishes both cameras at 10 Hz and the robot state at 20 Hz; tests change what is published. The
+    instruction goes out once on a latched publisher (like `ros2 topic pub --qos-durability transient_local`)."""
 
     def __init__(self, driver, primary, wrist, state, instruction):
         node = driver.node
@@ -78,7 +81,7 @@ def start(tiny_checkpoint, libero_sequence, ros_domain):
     started = []
 
     def start_node(**parameters):
-        node = NodeProcess('ctr_vla_policy', 'ctr_vla_policy',
+        node = NodeProcess('ctr_vla_policy', overrides=
                            {'checkpoint': str(tiny_checkpoint), 'proprio_source': 'state', **parameters})
         driver = Driver()
         outputs = {
@@ -102,7 +105,18 @@ def start(tiny_checkpoint, libero_sequence, ros_domain):
 
 
 def moving(deltas):
-    return [delta for delta in deltas if any(delta.translation) or any(delta.rotation) or delta.gripper]
+    return [delta for delta in deltas if delta.kind == EndEffectorDelta.MOTION]
+
+
+def kinds(deltas):
+    return [delta.kind for delta in deltas]
+
+
+def assert_still_with_gripper(command, gripper):
+    """A HOLD or STOP: no motion, and the gripper command is the last one a MOTION gave."""
+    assert command.kind in (EndEffectorDelta.HOLD, EndEffectorDelta.STOP)
+    assert list(command.translation) == [0.0, 0.0, 0.0] and list(command.rotation) == [0.0, 0.0, 0.0]
+    assert command.gripper == gripper
 
 
 def core_prediction(tiny_checkpoint, libero_sequence):
@@ -189,7 +203,10 @@ def test_bad_images_are_refused_and_the_node_recovers(start, corrupt, logged):
     time.sleep(1.0)  # longer than camera_timeout: the good frames sent during start-up are stale
     feed.enable()
     node.wait_for_log(logged, timeout=20)
-    time.sleep(2.0)
+    wait_until(lambda: any('camera primary: frames refused' in value.value and logged in value.value
+                           for array in outputs['diagnostics'] for status in array.status for value in status.values),
+               10, 'diagnostics name the reason')
+    time.sleep(1.0)
     assert moving(outputs['deltas']) == [] and outputs['chunks'] == []
     feed.corrupt = None
     wait_until(lambda: moving(outputs['deltas']), 60, 'motion after good frames return')
@@ -224,7 +241,7 @@ def test_cameras_out_of_sync_send_no_motion(start):
     feed.wrist_offset = 1.0
     time.sleep(1.0)  # longer than camera_timeout: the in-sync pairs sent during start-up are too old to use
     feed.enable()
-    wait_until(lambda: any('not within' in value.value for array in outputs['diagnostics']
+    wait_until(lambda: any('cameras out of sync' in value.value for array in outputs['diagnostics']
                            for status in array.status for value in status.values), 20,
                'diagnostics report unpaired frames')
     assert moving(outputs['deltas']) == [] and outputs['chunks'] == []
@@ -232,19 +249,20 @@ def test_cameras_out_of_sync_send_no_motion(start):
     wait_until(lambda: moving(outputs['deltas']), 60, 'motion after the cameras agree again')
 
 
-def test_a_camera_that_stops_brings_a_zero_command_within_the_timeout(start):
+def test_a_camera_that_stops_brings_a_stop_within_the_timeout(start):
     node, driver, feed, outputs = start(execution_mode='overlap', requery_remaining=4)
     feed.enable()
     wait_until(lambda: len(moving(outputs['deltas'])) >= 3, 60, 'motion')
     feed.cameras_on[1] = False
     stopped_at = time.monotonic()
-    wait_until(lambda: outputs['deltas'][-1].translation.tolist() == [0.0, 0.0, 0.0]
-               and not moving(outputs['deltas'][-1:]), 5, 'a zero command')
+    wait_until(lambda: outputs['deltas'][-1].kind == EndEffectorDelta.STOP, 5, 'a STOP')
     assert time.monotonic() - stopped_at < 0.5 + 0.5  # camera_timeout + one tick + transport
+    assert_still_with_gripper(outputs['deltas'][-1], moving(outputs['deltas'])[-1].gripper)
     count = len(outputs['deltas'])
     time.sleep(1.0)
     assert moving(outputs['deltas'][count:]) == []
-    node.wait_for_log('motion stopped: camera wrist silent')
+    assert len(outputs['deltas']) - count >= 15  # a STOP on every tick: the node is alive
+    node.wait_for_log('motion stopped: camera wrist: stale')
 
 
 def test_reset_drops_the_chunk_and_forces_a_keyframe(start):
@@ -258,11 +276,72 @@ def test_reset_drops_the_chunk_and_forces_a_keyframe(start):
     assert reset_stats.reset_count == 1
 
 
-def test_sigint_exits_with_status_zero_after_a_zero_command(start):
+def test_stops_hold_the_gripper_at_every_boundary_and_sigint_exits_promptly(start):
+    """Chunk boundary (HOLD), reset, disable and Ctrl-C (STOP): no motion, the last commanded gripper kept."""
     node, driver, feed, outputs = start()
+    deltas = outputs['deltas']
     feed.enable()
-    wait_until(lambda: moving(outputs['deltas']), 60, 'motion')
-    count = len(outputs['deltas'])
-    assert node.interrupt() == 0
-    wait_until(lambda: len(outputs['deltas']) > count, 5, 'the final command')
-    assert not moving(outputs['deltas'][-1:])
+    wait_until(lambda: len(moving(deltas)) >= 8 and deltas[-1].kind == EndEffectorDelta.MOTION
+               and any(kind == EndEffectorDelta.HOLD for kind in kinds(deltas)), 60, 'a chunk boundary')
+    for previous, command in zip(deltas, deltas[1:]):
+        if command.kind == EndEffectorDelta.HOLD and previous.kind == EndEffectorDelta.MOTION:
+            assert_still_with_gripper(command, previous.gripper)
+
+    for stop in ('reset', 'disable'):
+        wait_until(lambda: deltas[-1].kind == EndEffectorDelta.MOTION, 30, 'motion')
+        gripper, count = deltas[-1].gripper, len(deltas)
+        if stop == 'reset':
+            assert feed.call(Trigger, f'{NODE}/reset', Trigger.Request()).success
+        else:
+            feed.enable(False)
+        wait_until(lambda: any(kind == EndEffectorDelta.STOP for kind in kinds(deltas[count:])), 5, f'{stop} STOP')
+        first_stop = next(command for command in deltas[count:] if command.kind == EndEffectorDelta.STOP)
+        assert_still_with_gripper(first_stop, gripper)
+        if stop == 'reset':
+            assert not moving(deltas[count:count + deltas[count:].index(first_stop)])
+    time.sleep(1.0)
+    count = len(deltas)
+    time.sleep(1.0)
+    assert len(deltas) == count  # disabled: silent
+
+    feed.enable()
+    wait_until(lambda: deltas[-1].kind == EndEffectorDelta.MOTION, 30, 'motion after enabling again')
+    gripper, count = deltas[-1].gripper, len(deltas)
+    node.process.send_signal(signal.SIGINT)
+    wait_until(lambda: any(kind == EndEffectorDelta.STOP for kind in kinds(deltas[count:])), 5, 'the final STOP')
+    final_stop_at = time.monotonic()
+    assert node.process.wait(timeout=10) == 0
+    assert time.monotonic() - final_stop_at < 1.0
+    assert_still_with_gripper(deltas[-1], moving(deltas)[-1].gripper)
+    assert deltas[-1].kind == EndEffectorDelta.STOP
+
+
+def test_a_command_on_every_control_tick_while_enabled(start):
+    for mode in ('open_loop', 'overlap'):
+        node, driver, feed, outputs = start(execution_mode=mode)
+        deltas = outputs['deltas']
+        feed.enable()
+        wait_until(lambda: len(moving(deltas)) >= 8, 60, 'motion')
+        count = len(deltas)
+        time.sleep(3.0)
+        window = deltas[count:]
+        stamps = np.array([delta.header.stamp.sec + delta.header.stamp.nanosec * 1e-9 for delta in window])
+        assert len(window) >= 50, f'{mode}: {len(window)} commands in 3 s at 20 Hz'
+        assert np.max(np.diff(stamps)) < 2 * 0.05, f'{mode}: a control tick without a command'
+        assert EndEffectorDelta.STOP not in kinds(window)
+        node.kill()
+
+
+def test_instruction_from_a_plain_publisher(start):
+    node, driver, feed, outputs = start()
+    plain = driver.node.create_publisher(String, '/instruction', 10)  # volatile, as most tools publish
+    wait_until(lambda: plain.get_subscription_count() >= 1, 10, 'the node matches a plain publisher')
+    plain.publish(String(data='open the top drawer'))
+    node.wait_for_log('instruction: "open the top drawer"', timeout=10)
+
+
+def test_enable_answers_with_what_is_missing(start, tiny_checkpoint):
+    node, driver, feed, outputs = start(camera_topics=['/nobody/primary', '/nobody/wrist'])
+    answer = feed.call(SetBool, f'{NODE}/enable', SetBool.Request(data=True))
+    assert answer.success
+    assert 'camera primary: no frame yet' in answer.message and 'camera wrist: no frame yet' in answer.message

@@ -1,4 +1,4 @@
-"""The recording tool writes sequences in the format of ../shared/data/libero/*.npz."""
+"""The recording tool writes sequences in the format of data/libero/*.npz."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from ctr_vla_ros.tools.bench_ctr import load_sequence  # noqa: E402
 from conftest import LIBERO_SEQUENCES  # noqa: E402
 
 
-def test_recorded_sequence_has_the_shared_format(tmp_path):
+def test_recorded_sequence_has_the_projects_format(tmp_path):
     output = tmp_path / 'recorded.npz'
     record_libero.main(['--suite', 'libero_spatial', '--task', '0', '--steps', '24', '--settle-steps', '2',
                         '--output', str(output)])
@@ -22,14 +22,12 @@ def test_recorded_sequence_has_the_shared_format(tmp_path):
     assert np.abs(recorded['actions']).max() <= 1.0
     assert np.abs(recorded['actions'][:, :3]).max() > 0.1, 'the scripted controller moves the arm'
     assert load_sequence(output)['instruction'].startswith('pick up the black bowl')
-    shared = LIBERO_SEQUENCES / 'libero_spatial_t0_i0.npz'
-    if shared.is_file():
-        reference = np.load(shared)
-        for key in ('agentview', 'wrist', 'proprio8', 'actions', 'query_steps', 'instruction', 'suite', 'task_id',
-                    'init_state', 'render_res', 'control_freq', 'query_every', 'settle_steps'):
-            assert key in recorded.files, key
-            assert recorded[key].dtype.kind == reference[key].dtype.kind, key
-        # Upright like the shared frames: the first recorded frame is close to the shared one of the same init.
-        difference = np.abs(recorded['agentview'][0].astype(int) - reference['agentview'][0].astype(int)).mean()
-        rotated = np.abs(recorded['agentview'][0][::-1, ::-1].astype(int) - reference['agentview'][0].astype(int))
-        assert difference < rotated.mean()
+    reference = np.load(LIBERO_SEQUENCES / 'libero_spatial_t0_i0.npz')
+    for key in ('agentview', 'wrist', 'proprio8', 'actions', 'query_steps', 'instruction', 'suite', 'task_id',
+                'init_state', 'render_res', 'control_freq', 'query_every', 'settle_steps'):
+        assert key in recorded.files, key
+        assert recorded[key].dtype.kind == reference[key].dtype.kind, key
+    # Upright like the project's frames: the first recorded frame is close to the stored one of the same init.
+    difference = np.abs(recorded['agentview'][0].astype(int) - reference['agentview'][0].astype(int)).mean()
+    rotated = np.abs(recorded['agentview'][0][::-1, ::-1].astype(int) - reference['agentview'][0].astype(int))
+    assert difference < rotated.mean()

@@ -1,5 +1,8 @@
 """The common shell of the robot adapters: EndEffectorDelta in, a velocity command out at every delta, zero
-velocity when commands stop arriving and when the node stops (the drivers' velocity controllers have no timeout)."""
+velocity when commands stop arriving and when the node stops (the drivers' velocity controllers have no timeout).
+
+Only a MOTION command moves the arm or the gripper. HOLD and STOP become zero velocity and never a gripper goal:
+a stop must leave a held object held."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
-from ctr_vla_ros.adapters.mapping import GripperChangeFilter, VelocityLimits, delta_to_twist, quaternion_to_matrix
+from ctr_vla_ros.adapters.mapping import GripperChangeFilter, VelocityLimits, adapter_command, quaternion_to_matrix
 from ctr_vla_ros.nodes.parameters import ParameterSpec, declare
 
 COMMON_PARAMETERS = [
@@ -54,31 +57,29 @@ class AdapterNode(Node, abc.ABC):
                 np.array([orientation.x, orientation.y, orientation.z, orientation.w]))
 
     def on_delta(self, message: EndEffectorDelta) -> None:
-        values = np.array([*message.translation, *message.rotation, message.gripper])
-        if not np.all(np.isfinite(values)):
-            self.get_logger().error('non-finite delta refused; sending zero velocity', throttle_duration_sec=1.0)
-            self.stop()
-            return
+        motion = message.kind == EndEffectorDelta.MOTION
         with self.lock:
             rotation = self.tool_rotation
-        if self.command_frame == 'tool' and rotation is None:
+        if motion and self.command_frame == 'tool' and rotation is None:
             self.get_logger().error('no end-effector pose yet: cannot express the command in the tool frame',
                                     throttle_duration_sec=1.0)
             self.stop()
             return
         try:
-            linear, angular = delta_to_twist(values[0:3], values[3:6], message.control_period, self.limits,
-                                             rotation if self.command_frame == 'tool' else None)
+            command = adapter_command(motion, np.array(message.translation), np.array(message.rotation),
+                                      message.gripper, message.control_period, self.limits, self.gripper_filter,
+                                      rotation if self.command_frame == 'tool' else None)
         except ValueError as error:
-            self.get_logger().error(f'delta refused: {error}', throttle_duration_sec=1.0)
+            self.get_logger().error(f'delta refused, zero velocity: {error}', throttle_duration_sec=1.0)
             self.stop()
             return
-        self.send_velocity(linear, angular)
+        self.send_velocity(command.linear, command.angular)
         with self.lock:
             self.last_command_time = time.monotonic()
-            self.sent_zero = not (np.any(linear) or np.any(angular))
-        if self.gripper_filter.changed(float(values[6])):
-            self.send_gripper(float(values[6]))
+            self.sent_zero = not (np.any(command.linear) or np.any(command.angular))
+        if command.gripper is not None:
+            self.get_logger().info(f'gripper command {command.gripper:+.2f}')
+            self.send_gripper(command.gripper)
 
     def on_watchdog(self) -> None:
         with self.lock:

@@ -68,9 +68,9 @@ class FrankaAdapter(AdapterNode):
                                                                  speed=self.settings['gripper_speed']))
 
 
-def main(args: list[str] | None = None) -> int:
-    return run(FrankaAdapter, args)
+def main(args: list[str] | None = None) -> None:
+    run(FrankaAdapter, args)
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    main()

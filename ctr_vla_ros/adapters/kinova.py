@@ -56,9 +56,9 @@ class KinovaAdapter(AdapterNode):
         self.gripper_client.send_goal_async(goal)
 
 
-def main(args: list[str] | None = None) -> int:
-    return run(KinovaAdapter, args)
+def main(args: list[str] | None = None) -> None:
+    run(KinovaAdapter, args)
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    main()

@@ -65,6 +65,27 @@ def franka_gripper_goal(command: float) -> FrankaGripperGoal:
     return FrankaGripperGoal(grasp=False, width=FRANKA_OPEN_WIDTH)
 
 
+@dataclasses.dataclass(frozen=True)
+class AdapterCommand:
+    linear: np.ndarray  # (3,) m/s
+    angular: np.ndarray  # (3,) rad/s
+    gripper: float | None  # a gripper command to send now (-1 open .. +1 close); None: leave the gripper alone
+
+
+def adapter_command(motion: bool, translation: np.ndarray, rotation: np.ndarray, gripper: float,
+                    control_period: float, limits: VelocityLimits, gripper_filter: GripperChangeFilter,
+                    base_to_frame: np.ndarray | None = None) -> AdapterCommand:
+    """What an adapter sends for one EndEffectorDelta. A HOLD or STOP (motion False) is zero velocity and never a
+    gripper goal, whatever its gripper field holds. Raises ValueError for a MOTION with non-finite values."""
+    if not motion:
+        return AdapterCommand(np.zeros(3), np.zeros(3), None)
+    values = np.array([*translation, *rotation, gripper], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f'non-finite motion command {values.tolist()}')
+    linear, angular = delta_to_twist(values[0:3], values[3:6], control_period, limits, base_to_frame)
+    return AdapterCommand(linear, angular, float(values[6]) if gripper_filter.changed(float(values[6])) else None)
+
+
 class GripperChangeFilter:
     """Passes a gripper command on only when it differs enough from the last one sent (goals are not cheap)."""
 

@@ -21,29 +21,18 @@ equals the plain model's (tests check both).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import time
 
 import numpy as np
 import torch
 
 from ctr_vla_ros.ctr.config import CtrConfig
-from ctr_vla_ros.ctr.mask import patch_cosine_similarity, patch_difference, reuse_mask, top_k_relevant
+from ctr_vla_ros.ctr.mask import decide_masks, keyframe_masks
 from ctr_vla_ros.model.attention import AttentionProbe, KeyValueCache
 from ctr_vla_ros.model.checkpoint import PromptTokens
 from ctr_vla_ros.model.config import PATCH_SIZE
 from ctr_vla_ros.model.flops import StepFlops, count_step_flops
 from ctr_vla_ros.model.openvla_oft import OpenVlaOft
-
-
-class PatchState(enum.IntEnum):
-    """Per-patch outcome of one query (same values as the ReuseMask message's STATE_* constants)."""
-
-    RECOMPUTED_DYNAMIC = 0
-    RECOMPUTED_TASK_RELEVANT = 1
-    REUSED = 2
-    KEYFRAME = 3
-    RECOMPUTED_OVER_CAP = 4
 
 
 @dataclasses.dataclass
@@ -166,11 +155,10 @@ class CtrEngine:
         reason = self._keyframe_reason(query, now)
         previous_scores = None if reason or self._cache is None else self._cache.attention_scores
         if reason:
-            no_reuse = torch.zeros(num_images, patches, dtype=torch.bool, device=self.device)
-            reuse_vision = reuse_llm = no_reuse
-            states = torch.full((num_images, patches), PatchState.KEYFRAME, dtype=torch.uint8)
+            masks = keyframe_masks(num_images, patches, self.device)
         else:
-            reuse_vision, reuse_llm, states = self._masks(images, previous_scores)
+            masks = decide_masks(images, self._cache.references, previous_scores, config)
+        reuse_vision, reuse_llm = masks.reuse_vision, masks.reuse_llm
         times.mask = self._clock() - started
 
         if reason:
@@ -192,7 +180,7 @@ class CtrEngine:
         cache.queries_since_keyframe = 1 if reason else cache.queries_since_keyframe + 1
 
         report = StepReport(
-            query_index=self.query_index, keyframe_reason=reason, patch_states=states.cpu().numpy(),
+            query_index=self.query_index, keyframe_reason=reason, patch_states=masks.patch_states.numpy(),
             attention_scores=None if previous_scores is None else
             previous_scores.view(num_images, patches).cpu().numpy(),
             vision_reuse=reuse_vision.float().mean(dim=1).cpu().numpy(),
@@ -200,41 +188,6 @@ class CtrEngine:
             flops=flops, full_recompute_flops=count_step_flops(architecture, prompt_length), times=times)
         self.query_index += 1
         return normalized, report
-
-    def _masks(self, images: torch.Tensor, previous_scores: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reuse masks for the vision side and the LLM side (the same one unless the mismatch ablation is on), and
-        the per-patch states to report."""
-        config, cache = self.config, self._cache
-        if config.static_metric == 'gray_difference':
-            difference = patch_difference(images, cache.references)
-            similarity = -difference
-
-            def static(scale: float) -> torch.Tensor:
-                return difference < config.difference_threshold * scale
-        else:
-            similarity = patch_cosine_similarity(images, cache.references)
-
-            def static(scale: float) -> torch.Tensor:
-                return similarity > 1 - (1 - config.cosine_threshold) * scale
-
-        relevant = top_k_relevant(previous_scores, config.top_k, images.shape[0])
-        static_vision = static(config.vision_threshold_scale)
-        static_llm = static_vision if config.unified else static(config.llm_threshold_scale)
-        reuse_vision = reuse_mask(static_vision, relevant, similarity, config.max_reuse_per_image)
-        reuse_llm = reuse_vision if config.unified else reuse_mask(static_llm, relevant, similarity,
-                                                                  config.max_reuse_per_image)
-        # The vision-side decision is the one reported (identical to the LLM side with a unified mask).
-        states = torch.full(static_vision.shape, PatchState.RECOMPUTED_DYNAMIC, dtype=torch.uint8)
-        static_cpu, relevant_cpu, reuse_cpu = static_vision.cpu(), relevant.cpu(), reuse_vision.cpu()
-        states[static_cpu & relevant_cpu] = PatchState.RECOMPUTED_TASK_RELEVANT
-        states[static_cpu & ~relevant_cpu & ~reuse_cpu] = PatchState.RECOMPUTED_OVER_CAP
-        states[reuse_cpu] = PatchState.REUSED
-        if not config.vision_reuse:
-            reuse_vision = torch.zeros_like(reuse_vision)
-        if not config.llm_reuse:
-            reuse_llm = torch.zeros_like(reuse_llm)
-        return reuse_vision, reuse_llm, states
 
     def _empty_cache(self, images: torch.Tensor) -> _Cache:
         architecture = self.model.architecture

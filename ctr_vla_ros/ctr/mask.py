@@ -3,15 +3,37 @@
 For each camera image of a query: a patch is *static* if it barely changed since its reference pixels (grayscale
 mean absolute difference below a threshold, or RGB cosine similarity above one); it is *task-relevant* if it is
 among the top-K visual tokens by the previous query's prompt-to-vision attention; it is *reused* if static and not
-task-relevant, up to a per-image cap (the most similar patches win).
+task-relevant, up to a per-image cap (the most similar patches win). `decide_masks` applies the settings and says
+what happened to each patch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+
 import torch
 import torch.nn.functional as F
 
+from ctr_vla_ros.ctr.config import CtrConfig
 from ctr_vla_ros.model.config import PATCH_SIZE
+
+
+class PatchState(enum.IntEnum):
+    """Per-patch outcome of one query (same values as the ReuseMask message's STATE_* constants)."""
+
+    RECOMPUTED_DYNAMIC = 0
+    RECOMPUTED_TASK_RELEVANT = 1
+    REUSED = 2
+    KEYFRAME = 3
+    RECOMPUTED_OVER_CAP = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskDecision:
+    reuse_vision: torch.Tensor  # (num_images, patches) bool: reuse the cached vision-encoder states
+    reuse_llm: torch.Tensor  # (num_images, patches) bool: reuse the cached LLM keys/values of these visual tokens
+    patch_states: torch.Tensor  # (num_images, patches) uint8 PatchState on the CPU, the vision side's decision
 
 # ITU-R BT.601 luma weights (what OpenCV and PIL use for grayscale).
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -56,3 +78,48 @@ def reuse_mask(static: torch.Tensor, relevant: torch.Tensor, similarity: torch.T
     capped = torch.zeros_like(reusable)
     capped.scatter_(1, keep, True)
     return capped & reusable
+
+
+def keyframe_masks(num_images: int, patches: int, device: torch.device) -> MaskDecision:
+    """Nothing reused: every patch recomputed and every cache replaced."""
+    no_reuse = torch.zeros(num_images, patches, dtype=torch.bool, device=device)
+    return MaskDecision(no_reuse, no_reuse, torch.full((num_images, patches), PatchState.KEYFRAME, dtype=torch.uint8))
+
+
+def decide_masks(images: torch.Tensor, references: torch.Tensor, previous_scores: torch.Tensor,
+                 config: CtrConfig) -> MaskDecision:
+    """The reuse masks of one query from its model images (num_images, 224, 224, 3) uint8, the reference pixels of
+    each cached patch state, and the previous query's attention scores (num_images * patches,).
+
+    With one threshold for both sides (the unified mask) the vision encoder and the LLM reuse the same patches; the
+    mask-consistency ablation scales the threshold on one side. The switch ablation turns one side's reuse off."""
+    if config.static_metric == 'gray_difference':
+        difference = patch_difference(images, references)
+        similarity = -difference
+
+        def static(scale: float) -> torch.Tensor:
+            return difference < config.difference_threshold * scale
+    else:
+        similarity = patch_cosine_similarity(images, references)
+
+        def static(scale: float) -> torch.Tensor:
+            return similarity > 1 - (1 - config.cosine_threshold) * scale
+
+    relevant = top_k_relevant(previous_scores, config.top_k, images.shape[0])
+    static_vision = static(config.vision_threshold_scale)
+    reuse_vision = reuse_mask(static_vision, relevant, similarity, config.max_reuse_per_image)
+    if config.unified:
+        reuse_llm = reuse_vision
+    else:
+        reuse_llm = reuse_mask(static(config.llm_threshold_scale), relevant, similarity, config.max_reuse_per_image)
+
+    states = torch.full(static_vision.shape, PatchState.RECOMPUTED_DYNAMIC, dtype=torch.uint8)
+    static_cpu, relevant_cpu, reuse_cpu = static_vision.cpu(), relevant.cpu(), reuse_vision.cpu()
+    states[static_cpu & relevant_cpu] = PatchState.RECOMPUTED_TASK_RELEVANT
+    states[static_cpu & ~relevant_cpu & ~reuse_cpu] = PatchState.RECOMPUTED_OVER_CAP
+    states[reuse_cpu] = PatchState.REUSED
+    if not config.vision_reuse:
+        reuse_vision = torch.zeros_like(reuse_vision)
+    if not config.llm_reuse:
+        reuse_llm = torch.zeros_like(reuse_llm)
+    return MaskDecision(reuse_vision, reuse_llm, states)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ctr_vla_ros.ctr.engine import PatchState
+from ctr_vla_ros.ctr.mask import PatchState
 
 # Reused patches are dimmed and tinted blue; recomputed ones keep their pixels and get a coloured border.
 REUSED_TINT = np.array([40, 90, 200], dtype=np.float32)

@@ -119,9 +119,9 @@ class DiagnosticsNode(Node):
         self.diagnostics_publisher.publish(array)
 
 
-def main(args: list[str] | None = None) -> int:
-    return run(DiagnosticsNode, args)
+def main(args: list[str] | None = None) -> None:
+    run(DiagnosticsNode, args)
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    main()

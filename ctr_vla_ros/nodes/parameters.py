@@ -73,7 +73,8 @@ MODEL_VIEW_PARAMETERS = [
 POSE_TOPIC_PARAMETER = ParameterSpec('pose_topic', '/ee_pose',
                                      'end-effector pose in the base frame (geometry_msgs/PoseStamped)')
 ROBOT_TOPIC_PARAMETERS = [
-    ParameterSpec('instruction_topic', '/instruction', 'task instruction (std_msgs/String, transient-local)'),
+    ParameterSpec('instruction_topic', '/instruction',
+                  'task instruction (std_msgs/String, latched or plain publisher)'),
     POSE_TOPIC_PARAMETER,
     ParameterSpec('gripper_topic', '/gripper/joint_states', 'gripper finger positions (sensor_msgs/JointState)'),
     ParameterSpec('gripper_joint_names', ['left_finger', 'right_finger'],

@@ -1,16 +1,20 @@
-"""Process entry for our nodes: clean exit with status 0 on Ctrl-C / SIGTERM, with a last word from the node.
+"""Process entry for our nodes: exit with status 0 within a second of Ctrl-C / SIGTERM, with a last word from the
+node.
 
 rclpy's own signal handler shuts the context down before our code runs, so a node could not send its final zero
 command. Here SIGINT and SIGTERM only set a flag; the spin loop sees it within `SIGNAL_CHECK_PERIOD`, then the
 node's `on_shutdown` runs while the context is still valid, and everything is torn down. (Raising from the handler
-instead would land inside whatever rclpy was converting at that moment.)"""
+instead would land inside whatever rclpy was converting at that moment.) The process then ends at once: the
+interpreter's own teardown with torch and rclpy loaded takes seconds and has nothing left to release."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -20,12 +24,13 @@ from rclpy.signals import SignalHandlerOptions
 SIGNAL_CHECK_PERIOD = 0.1  # s
 
 
-def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
+def run(make_node: Callable[[], Node], args: list[str] | None = None) -> NoReturn:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     node = None
+    code = 0
     try:
         node = make_node()
         executor = SingleThreadedExecutor()
@@ -36,7 +41,7 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
         pass
     except ValueError as error:  # configuration errors found at start-up
         print(f'{make_node.__name__}: {error}', file=sys.stderr)
-        return 2
+        code = 2
     finally:
         if node is not None:
             on_shutdown = getattr(node, 'on_shutdown', None)
@@ -45,4 +50,6 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -7,8 +7,9 @@ Subscribes: <delta_topic> (EndEffectorDelta).
 Services:   ~/reset (std_srvs/Trigger): a new episode from the next initial state.
 
 Each environment step executes one EndEffectorDelta in LIBERO's action convention (20 Hz of simulation time). After
-publishing an observation the simulation waits up to `command_wait` wall seconds for the command of that step; if
-none comes (the policy is between chunks, or disabled) the arm holds still for one step. Simulation time therefore
+publishing an observation the simulation waits up to `command_wait` wall seconds for the command of that step; a
+MOTION moves the arm, a HOLD or STOP (the policy computes its next chunk, or is stopped) or no command at all (the
+policy is disabled or gone) holds it still for one step with the gripper as it was. Simulation time therefore
 advances only as fast as the policy and the renderer allow, and a slow CPU slows the world instead of the robot.
 """
 
@@ -122,7 +123,7 @@ class LiberoSimNode(Node):
                 continue
             if self.done:
                 continue  # the episode is over: keep publishing the final observation until a reset
-            if command is None:
+            if command is None or command.kind != EndEffectorDelta.MOTION:
                 action = libero_action(np.zeros(3), np.zeros(3), self.gripper)
                 self.hold_steps += 1
             else:
@@ -180,9 +181,9 @@ class LiberoSimNode(Node):
         self.status_publisher.wait_for_all_acked(Duration(seconds=1.0))
 
 
-def main(args: list[str] | None = None) -> int:
-    return run(LiberoSimNode, args)
+def main(args: list[str] | None = None) -> None:
+    run(LiberoSimNode, args)
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    main()

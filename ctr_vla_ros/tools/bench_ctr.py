@@ -1,14 +1,16 @@
 """CTR benchmark: CTR and full recompute on the same LIBERO query sequences, in the same run, interleaved query by
 query so both see the same machine conditions.
 
-    python -m ctr_vla_ros.tools.bench_ctr --checkpoint checkpoints/bench ../shared/data/libero/*.npz
+    python -m ctr_vla_ros.tools.bench_ctr --checkpoint checkpoints/bench data/libero/*.npz
 
 For each sequence (two cameras, one frame per model query) and each configuration it records per query: per-stage
 time, executed and full-recompute FLOPs, reuse ratios per camera, recomputed LLM tokens and the action deviation
 from full recompute (normalised action units). Configurations:
   zero-mask  CTR on with a threshold of 0 (nothing is static): the bookkeeping overhead
-  paper      the paper's defaults (threshold 0.004, K 160, keyframe every 5, cap 120 per image)
-  fast       the documented faster preset (see ctr_vla_ros/ctr/config.py PRESETS)
+  paper            the paper's method (threshold 0.004, K 160, keyframe every 5, cap 120 per image, each patch
+                   compared with the previous query's image)
+  patch_reference  the same, each patch compared with the pixels it was last recomputed from
+  fast             the documented faster preset (see ctr_vla_ros/ctr/config.py PRESETS)
 Results go to benchmarks/results/ctr_<checkpoint>.json.
 """
 
@@ -31,6 +33,7 @@ from ctr_vla_ros.tools.benchmarking import machine_description, matmul_throughpu
 CONFIGS = {
     'zero-mask': CtrConfig(difference_threshold=0.0, cosine_threshold=1.0),
     'paper': PRESETS['paper'],
+    'patch_reference': PRESETS['patch_reference'],
     'fast': PRESETS['fast'],
 }
 UNNORM_KEY = 'libero_spatial_no_noops'
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('sequences', type=Path, nargs='+', help='LIBERO query-cadence .npz files')
     parser.add_argument('--checkpoint', type=Path, required=True)
-    parser.add_argument('--queries', type=int, default=40, help='queries per sequence (from the start)')
+    parser.add_argument('--queries', type=int, default=20, help='queries per sequence (from the start)')
     parser.add_argument('--configs', nargs='+', choices=sorted(CONFIGS), default=list(CONFIGS))
     args = parser.parse_args(argv)
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ctr_vla_ros.ctr.config import CtrConfig
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.flops import count_step_flops, full_size_architecture
+from ctr_vla_ros.tools.node_processes import REPO
 from ctr_vla_ros.policy import VlaPolicy
 from ctr_vla_ros.tools.benchmarking import machine_description, matmul_throughput, peak_memory_bytes, write_results
 from ctr_vla_ros.tools.bench_ctr import load_sequence
@@ -30,7 +31,7 @@ STAGES = ('preprocess', 'mask', 'vision', 'projector', 'llm', 'head')
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--checkpoint', type=Path, required=True)
-    parser.add_argument('--sequence', type=Path, default=Path('../shared/data/libero/libero_spatial_t0_i0.npz'))
+    parser.add_argument('--sequence', type=Path, default=REPO / 'data' / 'libero' / 'libero_spatial_t0_i0.npz')
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--dtype', choices=['fp32', 'bf16'], default='fp32')
     args = parser.parse_args(argv)

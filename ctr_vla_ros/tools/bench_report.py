@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 BENCHMARKS = Path('benchmarks')
 RESULTS = BENCHMARKS / 'results'
-CONFIG_ORDER = ('zero-mask', 'paper', 'fast')
+CONFIG_ORDER = ('zero-mask', 'paper', 'patch_reference', 'fast')
 
 
 def provenance(results: dict[str, Any], dtype: str = 'fp32') -> str:
@@ -64,7 +64,7 @@ def ctr_section(results: dict[str, Any]) -> list[str]:
     sequences = results['sequences']
     lines = ['## CTR vs full recompute', '',
              'Command: `make bench-ctr` (`python -m ctr_vla_ros.tools.bench_ctr --checkpoint checkpoints/bench '
-             '../shared/data/libero/*.npz recorded/*.npz`). CTR and full recompute run on the same inputs in the same '
+             'data/libero/*.npz recorded/*.npz`). CTR and full recompute run on the same inputs in the same '
              'run, interleaved query by query; medians over each sequence; action deviation in normalised action '
              'units (the action head output, range about [-1, 1]).', '',
              f'Measured with: {subtitle}; {results["matmul_flops_per_s"] / 1e9:.0f} GFLOP/s for a 4096^2 matmul.', '',
@@ -86,8 +86,10 @@ def ctr_section(results: dict[str, Any]) -> list[str]:
                 f'{summary["mean_llm_reuse"]:.2f} | {summary["deviation_max"]:.3f} | '
                 f'{summary["deviation_mean"]:.4f} |')
     lines += ['', 'Configurations: `zero-mask` = CTR on with threshold 0 (nothing static: the bookkeeping '
-              'overhead); `paper` = threshold 0.004, K 160, keyframe every 5, cap 120 per image; `fast` = the '
-              'preset in `ctr_vla_ros/ctr/config.py` (`PRESETS["fast"]`).', '']
+              'overhead); `paper` = the paper\'s method: threshold 0.004, K 160, keyframe every 5, cap 120 per '
+              'image, each patch compared with the previous query\'s image; `patch_reference` = the same, each '
+              'patch compared with the pixels it was last recomputed from; `fast` = the preset in '
+              '`ctr_vla_ros/ctr/config.py` (`PRESETS["fast"]`).', '']
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     names = list(sequences)
@@ -161,22 +163,28 @@ def ctr_section(results: dict[str, Any]) -> list[str]:
 
 
 def node_section(results: list[dict[str, Any]]) -> list[str]:
-    lines = ['## Node overhead (real processes)', '',
+    lines = ['## Policy node (real processes)', '',
              'Command: `make bench-node` (`python -m ctr_vla_ros.tools.bench_node --checkpoint DIR`): the policy node '
-             'in its own process, cameras at 30 Hz from another process, overlap execution at 20 Hz.', '',
-             '| checkpoint | date | chunks | predict ms (median) | node overhead ms (median / p99) | '
-             'tick jitter ms, stamps (median / p99) | tick jitter ms, arrivals (median / p99) |',
-             '|---|---|---|---|---|---|---|']
+             'in its own process, cameras at 30 Hz from another process, 20 Hz control, once per execution mode.', '',
+             '| checkpoint | date | mode | commands / s | MOTION / HOLD / STOP | chunks | predict ms (median) | '
+             'node overhead ms (median / p99) | tick jitter ms, stamps (median / p99) | '
+             'tick jitter ms, arrivals (median / p99) |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for item in results:
-        overhead, stamps, arrivals = item['overhead_s'], item['tick_jitter_stamp_s'], item['tick_jitter_arrival_s']
-        lines.append(f'| {item["checkpoint"]} | {item["machine"]["date"]} | {item["chunks"]} | '
-                     f'{item["inference_latency_s"]["median"] * 1e3:.1f} | {overhead["median"] * 1e3:.2f} / '
-                     f'{overhead["p99"] * 1e3:.2f} | {stamps["median"] * 1e3:.2f} / {stamps["p99"] * 1e3:.2f} | '
-                     f'{arrivals["median"] * 1e3:.2f} / {arrivals["p99"] * 1e3:.2f} |')
-    lines += ['', 'Node overhead = camera stamp to ActionChunk received, minus the time the frames waited for the '
-              'executor to need a chunk, minus the predict time, plus the camera transport (see the script\'s '
-              'docstring). Tick jitter = |interval between consecutive EndEffectorDelta - 50 ms| while the next '
-              'chunk is being computed.', '']
+        for mode, measured in item['modes'].items():
+            overhead = measured['overhead_s']
+            stamps, arrivals = measured['tick_jitter_stamp_s'], measured['tick_jitter_arrival_s']
+            kinds = measured['command_kinds']
+            lines.append(
+                f'| {item["checkpoint"]} | {item["machine"]["date"]} | {mode} | {measured["command_rate_hz"]:.2f} | '
+                f'{kinds.get("motion", 0)} / {kinds.get("hold", 0)} / {kinds.get("stop", 0)} | {measured["chunks"]} | '
+                f'{measured["inference_latency_s"]["median"] * 1e3:.1f} | {overhead["median"] * 1e3:.2f} / '
+                f'{overhead["p99"] * 1e3:.2f} | {stamps["median"] * 1e3:.2f} / {stamps["p99"] * 1e3:.2f} | '
+                f'{arrivals["median"] * 1e3:.2f} / {arrivals["p99"] * 1e3:.2f} |')
+    lines += ['', 'Commands / s counts every EndEffectorDelta (MOTION, HOLD or STOP) while enabled: it equals the '
+              'control rate in both modes. Node overhead = camera stamp to ActionChunk received, minus the time the '
+              'frames waited for the executor to need a chunk, minus the predict time, plus the camera transport '
+              '(see the script\'s docstring). Tick jitter = |interval between consecutive commands - 50 ms|.', '']
     return lines
 
 

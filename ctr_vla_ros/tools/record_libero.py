@@ -1,4 +1,4 @@
-"""Record LIBERO query-cadence sequences for the benchmarks, in the format of ../shared/data/libero/*.npz.
+"""Record LIBERO query-cadence sequences for the benchmarks, in the format of data/libero/*.npz.
 
 A scripted pick-and-place controller (phase-based proportional control of the end effector: above the target
 object, down, grasp, up, above the goal object, down, release, up; it starts over when a cycle ends) moves the arm
