@@ -1,11 +1,30 @@
 """Training of the package's own OpenVLA-OFT: the batched forward, the LIBERO dataset, the loop, its checkpoints and
 the export. Nothing trains for real: tiny models, a hand-made HDF5 file, a few steps."""
 
-import torch
+import dataclasses
+import json
+import math
+from pathlib import Path
 
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.config import ActionLayout, LlmConfig, ModelArchitecture, VisionTowerConfig
 from ctr_vla_ros.model.openvla_oft import OpenVlaOft
+from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS, unnormalize_actions
+from ctr_vla_ros.model.preprocess import center_crop
 from ctr_vla_ros.model.random_checkpoint import random_state_dict
+from ctr_vla_ros.policy import VlaPolicy
+from ctr_vla_ros.tools.train import main
+from ctr_vla_ros.training.architectures import PRESETS
+from ctr_vla_ros.training.augment import augment_images, crop_and_resize
+from ctr_vla_ros.training.dataset import (action_chunks, dataset_statistics, episodes_from_files, make_episode,
+                                          noop_steps, normalize_actions, split_episodes)
+from ctr_vla_ros.training.trainer import Trainer, TrainingConfig
 
 SPACE_ID, STOP_ID = 29871, 2
 TINY = ModelArchitecture(
@@ -31,3 +50,189 @@ def test_batched_forward_equals_each_sample_alone():
     for index, prompt in enumerate(prompts):
         alone = model(pixel_values[index], proprio[index], prompt, SPACE_ID, STOP_ID)
         torch.testing.assert_close(batched[index].detach(), alone, rtol=0, atol=1e-5)
+
+
+# A LIBERO HDF5 file in the official layout, made by hand: each demo starts with two no-op steps, closes the
+# gripper halfway through, and has images (upside down, as LIBERO stores them) that depend on the step.
+INSTRUCTIONS = ('put the bowl on the stove', 'open the top drawer of the cabinet')
+DEMO_STEPS = 12
+TEST_ARCH = {'vision_towers': [{'kind': 'dinov2', 'width': 32, 'depth': 2, 'heads': 2, 'mlp_width': 64,
+                                'num_registers': 4},
+                               {'kind': 'siglip', 'width': 32, 'depth': 2, 'heads': 2, 'mlp_width': 64}],
+             'llm': {'hidden_size': 64, 'num_layers': 1, 'num_heads': 4, 'intermediate_size': 128}}
+
+
+def demo_arrays(generator: np.random.Generator, steps: int = DEMO_STEPS) -> dict[str, np.ndarray]:
+    actions = generator.uniform(-0.8, 0.8, (steps, 7))
+    actions[:, 6] = np.where(np.arange(steps) < steps // 2, -1.0, 1.0)
+    actions[:2, :6] = 0.0
+    positions = np.cumsum(actions[:, :3] * 0.01, axis=0) + [0.0, 0.0, 1.0]
+    ee_states = np.concatenate([positions, generator.normal(0, 0.1, (steps, 3)) + [3.1, 0, 0]], axis=1)
+    fingers = np.where(actions[:, 6:] < 0, 0.04, 0.01)
+    gripper_states = np.concatenate([fingers, -fingers], axis=1)
+    images = generator.integers(0, 256, (2, steps, 64, 64, 3), dtype=np.uint8)
+    return {'actions': actions, 'ee_states': ee_states, 'gripper_states': gripper_states,
+            'agentview_rgb': images[0], 'eye_in_hand_rgb': images[1]}
+
+
+def write_libero_file(path: Path, instruction: str, demos: int, seed: int) -> Path:
+    generator = np.random.default_rng(seed)
+    with h5py.File(path, 'w') as file:
+        data = file.create_group('data')
+        data.attrs['problem_info'] = json.dumps({'language_instruction': instruction})
+        for index in range(demos):
+            arrays = demo_arrays(generator)
+            demo = data.create_group(f'demo_{index}')
+            demo.create_dataset('actions', data=arrays.pop('actions'))
+            observations = demo.create_group('obs')
+            for name, values in arrays.items():
+                observations.create_dataset(name, data=values)
+    return path
+
+
+@pytest.fixture
+def libero_files(tmp_path):
+    return tuple(str(write_libero_file(tmp_path / f'task{index}.hdf5', instruction, demos=3, seed=index))
+                 for index, instruction in enumerate(INSTRUCTIONS))
+
+
+@pytest.fixture
+def test_config(tmp_path, libero_files):
+    arch_file = tmp_path / 'arch.yaml'
+    arch_file.write_text(yaml.safe_dump(TEST_ARCH))
+    return TrainingConfig(data_files=libero_files, architecture=str(arch_file), steps=4, batch_size=4,
+                          learning_rate=1e-3, validation_fraction=0.34, validation_interval=100,
+                          validation_samples=4, checkpoint_interval=2)
+
+
+def test_noops_gripper_convention_chunks_and_statistics_by_hand():
+    actions = np.array([[0, 0, 0, 0, 0, 0, -1],  # no-op: no motion at the start
+                        [0.5, 0, 0, 0, 0, 0, -1],
+                        [0, 0, 0, 0, 0, 0, -1],  # no-op: no motion, gripper as before
+                        [0, 0, 0, 0, 0, 0, 1],  # kept: the gripper closes
+                        [0, 0.2, 0, 0, 0, 0.1, 1]], dtype=float)
+    np.testing.assert_array_equal(noop_steps(actions), [True, False, True, False, False])
+    states = np.arange(5 * 6, dtype=float).reshape(5, 6)
+    fingers = np.tile([[0.04, -0.04]], (5, 1))
+    images = np.zeros((5, 8, 8, 3), np.uint8)
+    episode = make_episode('task', actions, states, fingers, images, images, 'hand-made')
+    np.testing.assert_array_equal(episode.actions[:, 6], [1.0, 0.0, 0.0])  # -1 open -> 1, +1 close -> 0
+    np.testing.assert_array_equal(GRIPPER_CONVENTIONS['open_is_one'](episode.actions[:, 6]), actions[[1, 3, 4], 6])
+    np.testing.assert_array_equal(episode.proprio[:, :6], states[[1, 3, 4]])
+    assert episode.images.shape == (3, 2, 8, 8, 3)
+
+    chunks = action_chunks(episode.actions, chunk_size=4)
+    assert chunks.shape == (3, 4, 7)
+    np.testing.assert_array_equal(chunks[1], episode.actions[[1, 2, 2, 2]])  # padded with the last action
+
+    statistics = dataset_statistics([episode])
+    assert statistics['action']['mask'] == [True] * 6 + [False]
+    assert statistics['num_transitions'] == 3 and statistics['num_trajectories'] == 1
+    np.testing.assert_allclose(statistics['action']['q01'][0], np.quantile([0.5, 0.0, 0.0], 0.01))
+    np.testing.assert_allclose(statistics['action']['q99'][0], 0.49, atol=1e-12)  # 0.5 - 0.01 * 0.5 * 2
+    np.testing.assert_allclose(statistics['proprio']['q99'][6], 0.04)
+    normalized = normalize_actions(episode.actions, statistics['action'])
+    np.testing.assert_allclose(normalized[:, 0], [1.0, -1.0, -1.0])  # 0.5 is above q99: clipped
+    np.testing.assert_array_equal(normalized[:, 6], episode.actions[:, 6])  # the gripper is not normalised
+    np.testing.assert_allclose(unnormalize_actions(normalize_actions(chunks, statistics['action']),
+                                                   statistics['action'])[:, :, 1],
+                               np.clip(chunks[:, :, 1], statistics['action']['q01'][1],
+                                       statistics['action']['q99'][1]), atol=1e-7)
+
+
+def test_files_read_in_order_and_validation_holds_out_whole_demos(libero_files):
+    episodes = episodes_from_files(libero_files)
+    assert [episode.instruction for episode in episodes] == [INSTRUCTIONS[0]] * 3 + [INSTRUCTIONS[1]] * 3
+    assert all(len(episode.actions) == DEMO_STEPS - 2 for episode in episodes)  # both leading no-ops dropped
+    training, validation = split_episodes(episodes, 0.34, seed=0)
+    assert sorted(episode.instruction for episode in validation) == sorted(INSTRUCTIONS)
+    assert len(training) == 4 and not {id(episode) for episode in training} & {id(episode) for episode in validation}
+    assert [episode.name for episode in split_episodes(episodes, 0.34, seed=0)[1]] == \
+        [episode.name for episode in validation]
+
+
+def test_augmentation_keeps_shape_and_dtype_and_is_reproducible():
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8))
+    augmented = augment_images(images, torch.Generator().manual_seed(5))
+    assert augmented.shape == images.shape and augmented.dtype == torch.uint8
+    assert not torch.equal(augmented, images)
+    assert torch.equal(augmented, augment_images(images, torch.Generator().manual_seed(5)))
+    # The crop is the serving path's centre crop when its box is the centre one (TensorFlow sampling, 1 LSB).
+    side = math.sqrt(0.9)
+    centre = torch.full((3,), (1 - side) / 2)
+    cropped = crop_and_resize(images.permute(0, 3, 1, 2).float() / 255, centre, centre, side)
+    cropped = torch.floor(cropped * 255.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    served = np.stack([center_crop(image) for image in images.numpy()])
+    assert np.abs(cropped.astype(int) - served).max() <= 1
+
+
+def test_a_few_steps_lower_the_loss_on_a_tiny_batch(test_config, tmp_path):
+    trainer = Trainer(test_config, tmp_path / 'run')
+    batch = torch.arange(2)
+    before = trainer.loss(trainer.training_samples, batch, augment=False).item()
+    for _ in range(8):
+        trainer.optimizer.zero_grad()
+        trainer.loss(trainer.training_samples, batch, augment=False).backward()
+        trainer.optimizer.step()
+    after = trainer.loss(trainer.training_samples, batch, augment=False).item()
+    assert after < 0.7 * before
+
+
+def test_resumed_run_equals_uninterrupted_run(test_config, tmp_path):
+    uninterrupted = Trainer(test_config, tmp_path / 'uninterrupted')
+    uninterrupted.run()
+
+    killed = Trainer(test_config, tmp_path / 'resumed')
+    for _ in range(2):
+        killed.train_step()
+    killed.save_state()  # what run() does at step 2 (checkpoint_interval): then the process dies
+    killed.train_step()  # lost with the process
+    resumed = Trainer(test_config, tmp_path / 'resumed', resume=True)
+    assert resumed.step == 2
+    resumed.run()
+
+    assert resumed.history['train'] == uninterrupted.history['train']
+    assert resumed.history['validation'] == uninterrupted.history['validation']
+    for (name, expected), actual in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(expected, actual), name
+    with pytest.raises(ValueError, match='batch_size'):
+        Trainer(dataclasses.replace(test_config, batch_size=2), tmp_path / 'resumed', resume=True)
+
+
+def test_export_loads_and_predicts_what_the_trained_model_predicts(test_config, tmp_path):
+    trainer = Trainer(dataclasses.replace(test_config, steps=2), tmp_path / 'run')
+    trainer.run()
+    assert (tmp_path / 'run' / 'loss_curve.png').stat().st_size > 0
+    checkpoint = load_checkpoint(tmp_path / 'run' / 'checkpoint')
+    assert checkpoint.architecture == trainer.architecture
+    assert checkpoint.statistics == {'libero_goal_no_noops': trainer.statistics}
+
+    # The first validation sample, from the raw HDF5 data through the serving path (LIBERO images: rotate180).
+    _, validation = split_episodes(episodes_from_files(test_config.data_files), test_config.validation_fraction,
+                                   test_config.seed)
+    episode = validation[0]
+    policy = VlaPolicy(checkpoint, 'libero_goal_no_noops', rotate180=True)
+    raw_inputs = (list(episode.images[0]), episode.proprio[0], episode.instruction)
+    query = policy.prepare(*raw_inputs)
+    np.testing.assert_array_equal(np.stack(query.model_images), trainer.validation_samples.images[0].numpy())
+    torch.testing.assert_close(query.normalized_proprio, trainer.validation_samples.proprio[0])
+
+    trainer.model.eval()
+    pixels, proprio, prompts, _ = trainer.model_inputs(trainer.validation_samples, torch.tensor([0]), augment=False)
+    in_memory = trainer.model(pixels[0], proprio[0], prompts[0], trainer.tokens.space_id, trainer.tokens.stop_id)
+    prediction = policy.predict(*raw_inputs)
+    np.testing.assert_allclose(prediction.normalized_actions, in_memory.double().numpy(), rtol=0, atol=1e-5)
+    gripper_commands = GRIPPER_CONVENTIONS['open_is_one'](prediction.actions[:, 6])
+    assert set(np.unique(gripper_commands)) <= {-1.0, 1.0}
+
+
+def test_command_line_trains_exports_and_refuses_a_changed_resume(libero_files, tmp_path, capsys):
+    output = tmp_path / 'cli'
+    arguments = [*libero_files, '--output', str(output), '--arch', 'tiny', '--steps', '2', '--batch-size', '4',
+                 '--validation-fraction', '0.34', '--validation-samples', '4', '--threads', '2']
+    assert main(arguments) == 0
+    assert {'checkpoint', 'checkpoint-best', 'loss_curve.png', 'history.json', 'training_state.pt',
+            'tokenizer.json'} <= {path.name for path in output.iterdir()}
+    assert load_checkpoint(output / 'checkpoint').architecture == PRESETS['tiny']
+    assert main(['--resume', '--output', str(output), '--batch-size', '8']) == 2
+    assert 'batch_size' in capsys.readouterr().err

@@ -74,19 +74,27 @@ class OpenVlaOft(nn.Module):
         return SequenceLayout(self.architecture.num_visual_tokens, prompt_length,
                               self.architecture.action.num_action_slots)
 
+    @staticmethod
+    def text_token_ids(prompt_ids: torch.Tensor, space_token_id: int, stop_token_id: int) -> torch.Tensor:
+        """The token ids of one sequence in order: prompt ids (BOS first), the space token, the stop token."""
+        return torch.cat([prompt_ids, prompt_ids.new_tensor([space_token_id, stop_token_id])])
+
+    def arrange_text(self, token_embeddings: torch.Tensor,
+                     proprio_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of `text_token_ids` (L + 2, hidden) and the proprio token (hidden,) -> the embeddings of
+        every non-visual position: BOS (1, 1, hidden), and everything after the visual tokens
+        (1, layout.length - V - 1, hidden): proprio, prompt ids 1.., space token, zero action slots, stop."""
+        slots = token_embeddings.new_zeros(self.architecture.action.num_action_slots, token_embeddings.shape[-1])
+        return token_embeddings[None, :1], torch.cat([proprio_embedding[None], token_embeddings[1:-1], slots,
+                                                      token_embeddings[-1:]])[None]
+
     def text_embeddings(self, prompt_ids: torch.Tensor, space_token_id: int, stop_token_id: int,
                         normalized_proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings of every non-visual position: BOS (1, 1, hidden), and everything after the visual tokens
-        (1, layout.length - V - 1, hidden): proprio, prompt ids 1.., space token, zero action slots, stop."""
-        embed_tokens = self.language_model.model.embed_tokens
-        device = prompt_ids.device
-        bos = embed_tokens(prompt_ids[:1])
-        proprio = self.proprio_projector(normalized_proprio.to(bos.dtype)).reshape(1, -1)
-        prompt = embed_tokens(prompt_ids[1:])
-        space = embed_tokens(torch.tensor([space_token_id], device=device))
-        slots = bos.new_zeros(self.architecture.action.num_action_slots, bos.shape[-1])
-        stop = embed_tokens(torch.tensor([stop_token_id], device=device))
-        return bos[None], torch.cat([proprio, prompt, space, slots, stop])[None]
+        """BOS (1, 1, hidden) and everything after the visual tokens (see `arrange_text`) for one query."""
+        token_embeddings = self.language_model.model.embed_tokens(
+            self.text_token_ids(prompt_ids, space_token_id, stop_token_id))
+        proprio = self.proprio_projector(normalized_proprio.to(token_embeddings.dtype))
+        return self.arrange_text(token_embeddings, proprio)
 
     def predict_actions(self, action_hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + action head on the hidden states at `action_hidden_positions`: (chunk, action_dim), fp32."""
@@ -103,8 +111,12 @@ class OpenVlaOft(nn.Module):
         batch = pixel_values.shape[0]
         hidden_size = self.architecture.llm.hidden_size
         visual = self.projector(self.vision_backbone(pixel_values.flatten(0, 1))).reshape(batch, -1, hidden_size)
-        texts = [self.text_embeddings(ids, space_token_id, stop_token_id, proprio)
-                 for ids, proprio in zip(prompt_ids, normalized_proprio, strict=True)]
+        token_ids = [self.text_token_ids(ids, space_token_id, stop_token_id) for ids in prompt_ids]
+        # One lookup for the whole batch: the backward pass of each lookup writes a vocabulary-sized gradient.
+        token_embeddings = self.language_model.model.embed_tokens(torch.cat(token_ids))
+        proprio = self.proprio_projector(normalized_proprio.to(token_embeddings.dtype))
+        texts = [self.arrange_text(tokens, proprio_embedding) for tokens, proprio_embedding in
+                 zip(token_embeddings.split([len(ids) for ids in token_ids]), proprio, strict=True)]
         longest = max(rest.shape[1] for _, rest in texts)
         bos = torch.cat([bos for bos, _ in texts])
         rest = torch.cat([F.pad(rest, (0, 0, 0, longest - rest.shape[1])) for _, rest in texts])

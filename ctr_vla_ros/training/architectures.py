@@ -1,0 +1,45 @@
+"""Architectures to train from random weights: named presets, or an override file on top of the `small` preset.
+
+Every preset keeps the release's structure: a fused [DINOv2 with 4 registers | SigLIP] backbone on 224x224 images
+with 14-pixel patches (256 patches per image), the fused GELU projector, a Llama decoder with bidirectional
+attention, Llama-2's padded vocabulary (32064, so the prompt's literal token 29871 exists), the proprio projector
+and the L1-regression MLP-ResNet head, in LIBERO's action layout (2 images, chunk 8, 7 action dims, 8 proprio dims).
+
+  tiny   the random-weight demo shape (widths 64/48, 4 blocks per tower, LLM 128 x 3 layers): tests.
+  small  the shape to train on a 2-core CPU in about an hour (see the measurements in the training report).
+
+An override file has the README's format (`vision_towers`, `llm`, `action`; every key optional): `llm` and `action`
+keys replace the preset's one by one, `vision_towers` replaces both towers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ctr_vla_ros.model.checkpoint_writer import LLAMA2_PADDED_VOCAB_SIZE
+from ctr_vla_ros.model.config import (ActionLayout, LlmConfig, ModelArchitecture, VisionTowerConfig,
+                                      architecture_from_config, architecture_to_dict, load_override_file)
+
+PRESETS = {
+    'tiny': ModelArchitecture(
+        (VisionTowerConfig('dinov2', 64, 4, 4, 128, num_registers=4), VisionTowerConfig('siglip', 48, 4, 4, 96)),
+        LlmConfig(hidden_size=128, num_layers=3, num_heads=4, intermediate_size=256,
+                  vocab_size=LLAMA2_PADDED_VOCAB_SIZE),
+        ActionLayout()),
+    'small': ModelArchitecture(
+        (VisionTowerConfig('dinov2', 64, 4, 4, 256, num_registers=4), VisionTowerConfig('siglip', 48, 4, 4, 192)),
+        LlmConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=384,
+                  vocab_size=LLAMA2_PADDED_VOCAB_SIZE),
+        ActionLayout()),
+}
+DEFAULT_PRESET = 'small'
+
+
+def resolve_architecture(name_or_file: str) -> ModelArchitecture:
+    """A preset by name, or an override file (YAML/JSON) applied to the default preset."""
+    if name_or_file in PRESETS:
+        return PRESETS[name_or_file]
+    if not Path(name_or_file).is_file():
+        raise ValueError(f'architecture {name_or_file!r} is neither a preset ({", ".join(PRESETS)}) nor a file')
+    base = {'ctr_vla_arch': architecture_to_dict(PRESETS[DEFAULT_PRESET])}
+    return architecture_from_config(base, load_override_file(name_or_file))

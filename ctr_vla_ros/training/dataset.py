@@ -1,0 +1,183 @@
+"""LIBERO demonstrations as OpenVLA-OFT training samples, prepared exactly as serving prepares a query.
+
+One sample is one timestep of one demonstration: its two camera images, its 8-D proprio state (end-effector position
+and axis-angle, two gripper finger positions) and the chunk of the next `chunk_size` actions, padded with the
+episode's last action at its end, as the release's data pipeline does. As in the release's "no_noops" LIBERO
+datasets, a timestep whose action does not move the arm (translation and rotation norm below 1e-4) and repeats the
+previous kept gripper action is dropped before anything else.
+
+Actions are converted to OpenVLA-OFT's LIBERO convention before statistics and normalisation: gripper 1 = open,
+0 = close (LIBERO stores -1 = open, +1 = close), which is what `GRIPPER_CONVENTIONS['open_is_one']` turns back into a
+command at serving time. Actions and proprio are normalised with the training split's q01/q99 (the gripper action,
+`mask` false, passes through), with the same function serving uses for the state.
+
+Images are stored upside down in LIBERO's HDF5 files: they are rotated 180 degrees and go through the serving path's
+`prepare_image` (JPEG round trip + Lanczos resize to 224) once, and are cached as uint8. Training samples are cached
+without the centre crop (the random crop of the augmentation replaces it); validation samples with it, so validation
+sees exactly what the policy sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ctr_vla_ros.model.config import IMAGE_SIZE
+from ctr_vla_ros.model.normalization import normalize_proprio
+from ctr_vla_ros.model.preprocess import prepare_image
+
+NOOP_THRESHOLD = 1e-4  # the release's no-op test on the norm of the 6 arm action dimensions
+
+
+@dataclasses.dataclass
+class Episode:
+    """One demonstration with its no-op steps removed and its gripper action in the OpenVLA-OFT convention."""
+
+    instruction: str
+    images: np.ndarray  # (T, num_images, H, W, 3) uint8 as stored (upside down), model order: agentview, wrist
+    proprio: np.ndarray  # (T, 8): ee position (3), ee axis-angle (3), gripper finger positions (2)
+    actions: np.ndarray  # (T, 7): delta position, delta axis-angle, gripper (1 = open, 0 = close)
+    name: str  # file and demo, for messages
+
+
+def noop_steps(actions: np.ndarray) -> np.ndarray:
+    """(T,) bool, True where the action is a no-op: no arm motion and the same gripper action as the last kept step
+    (for the first step, no arm motion suffices)."""
+    noop = np.zeros(len(actions), dtype=bool)
+    previous_gripper = None
+    for step, action in enumerate(actions):
+        still = np.linalg.norm(action[:-1]) < NOOP_THRESHOLD
+        noop[step] = still and (previous_gripper is None or action[-1] == previous_gripper)
+        if not noop[step]:
+            previous_gripper = action[-1]
+    return noop
+
+
+def gripper_to_open_is_one(gripper: np.ndarray) -> np.ndarray:
+    """LIBERO's gripper action (-1 = open, +1 = close) -> OpenVLA-OFT's (1 = open, 0 = close): clip to [0, 1], then
+    invert, as the release's LIBERO transform does."""
+    return 1.0 - np.clip(gripper, 0.0, 1.0)
+
+
+def make_episode(instruction: str, actions: np.ndarray, ee_states: np.ndarray, gripper_states: np.ndarray,
+                 agentview: np.ndarray, wrist: np.ndarray, name: str) -> Episode:
+    """One demonstration in LIBERO's HDF5 form -> an Episode (no-ops dropped, gripper converted)."""
+    keep = ~noop_steps(actions)
+    converted = actions[keep].astype(np.float64)
+    converted[:, -1] = gripper_to_open_is_one(converted[:, -1])
+    proprio = np.concatenate([ee_states, gripper_states], axis=1)[keep].astype(np.float64)
+    return Episode(instruction, np.stack([agentview[keep], wrist[keep]], axis=1), proprio, converted, name)
+
+
+def episodes_from_files(paths: Sequence[str | Path]) -> list[Episode]:
+    """Every demonstration of every LIBERO HDF5 file, in the given file order, then by demo number."""
+    episodes = []
+    for path in paths:
+        with h5py.File(path, 'r') as file:
+            data = file['data']
+            instruction = json.loads(data.attrs['problem_info'])['language_instruction']
+            for name in sorted(data, key=lambda demo: int(demo.removeprefix('demo_'))):
+                demo, observations = data[name], data[name]['obs']
+                episodes.append(make_episode(
+                    instruction, demo['actions'][()], observations['ee_states'][()],
+                    observations['gripper_states'][()], observations['agentview_rgb'][()],
+                    observations['eye_in_hand_rgb'][()], f'{path}:{name}'))
+    return episodes
+
+
+def split_episodes(episodes: Sequence[Episode], validation_fraction: float, seed: int
+                   ) -> tuple[list[Episode], list[Episode]]:
+    """Hold out whole demonstrations for validation: the same fraction of each instruction's demonstrations (at
+    least one when the fraction is positive and the instruction has two or more), chosen by the seed."""
+    generator = np.random.default_rng(seed)
+    training, validation = [], []
+    for instruction in sorted({episode.instruction for episode in episodes}):
+        group = [episode for episode in episodes if episode.instruction == instruction]
+        held_out = round(validation_fraction * len(group))
+        if validation_fraction > 0 and len(group) >= 2:
+            held_out = max(held_out, 1)
+        held_out = min(held_out, len(group) - 1)
+        chosen = set(generator.permutation(len(group))[:held_out].tolist())
+        for index, episode in enumerate(group):
+            (validation if index in chosen else training).append(episode)
+    return training, validation
+
+
+def action_chunks(actions: np.ndarray, chunk_size: int) -> np.ndarray:
+    """(T, dim) -> (T, chunk_size, dim): the actions from each step on, the last action repeated past the end."""
+    steps = np.minimum(np.arange(len(actions))[:, None] + np.arange(chunk_size)[None, :], len(actions) - 1)
+    return actions[steps]
+
+
+def _summary(values: np.ndarray) -> dict[str, list[float]]:
+    return {'mean': values.mean(0).tolist(), 'std': values.std(0).tolist(), 'max': values.max(0).tolist(),
+            'min': values.min(0).tolist(), 'q01': np.quantile(values, 0.01, axis=0).tolist(),
+            'q99': np.quantile(values, 0.99, axis=0).tolist()}
+
+
+def dataset_statistics(episodes: Iterable[Episode]) -> dict[str, Any]:
+    """One unnorm key's entry of the release's `dataset_statistics.json`: action and proprio summaries per
+    dimension; the action `mask` is false for the gripper, which is never normalised."""
+    episodes = list(episodes)
+    actions = np.concatenate([episode.actions for episode in episodes])
+    proprio = np.concatenate([episode.proprio for episode in episodes])
+    mask = [True] * (actions.shape[1] - 1) + [False]
+    return {'action': {**_summary(actions), 'mask': mask}, 'proprio': _summary(proprio),
+            'num_transitions': len(actions), 'num_trajectories': len(episodes)}
+
+
+def normalize_actions(actions: np.ndarray, statistics: dict[str, Any]) -> np.ndarray:
+    """Dataset units -> [-1, 1] with q01/q99, clipped, mask-off dimensions unchanged: the inverse of serving's
+    `unnormalize_actions` inside q01..q99. The release uses one map for state and actions; so does this."""
+    return normalize_proprio(actions, statistics)
+
+
+@dataclasses.dataclass
+class SampleSet:
+    """Model-ready samples, everything in memory."""
+
+    images: torch.Tensor  # (N, num_images, 224, 224, 3) uint8, upright, as `prepare_image` gives them
+    proprio: torch.Tensor  # (N, proprio_dim) float32, normalised
+    actions: torch.Tensor  # (N, chunk_size, action_dim) float32, normalised
+    instruction_index: torch.Tensor  # (N,) int64, index into `instructions`
+    instructions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def subset(self, indices: torch.Tensor) -> SampleSet:
+        return SampleSet(self.images[indices], self.proprio[indices], self.actions[indices],
+                         self.instruction_index[indices], self.instructions)
+
+
+def build_samples(episodes: Sequence[Episode], statistics: dict[str, Any], instructions: Sequence[str],
+                  chunk_size: int, center_crop: bool, description: str) -> SampleSet:
+    """Prepare every timestep of these episodes. center_crop: the serving path's crop (validation), or none
+    (training, where the augmentation crops)."""
+    total = sum(len(episode.actions) for episode in episodes)
+    num_images = episodes[0].images.shape[1]
+    images = torch.empty(total, num_images, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8)
+    proprio, actions, instruction_index = [], [], []
+    start = 0
+    with tqdm(total=total, desc=description, unit='step') as progress:
+        for episode in episodes:
+            for step, step_images in enumerate(episode.images):
+                for camera, image in enumerate(step_images):
+                    prepared = prepare_image(image, rotate180=True, crop=center_crop)
+                    images[start + step, camera] = torch.from_numpy(prepared.copy())
+                progress.update()
+            start += len(episode.actions)
+            proprio.append(normalize_proprio(episode.proprio, statistics['proprio']))
+            actions.append(normalize_actions(action_chunks(episode.actions, chunk_size), statistics['action']))
+            instruction_index.append(np.full(len(episode.actions), instructions.index(episode.instruction)))
+    return SampleSet(images, torch.from_numpy(np.concatenate(proprio)).float(),
+                     torch.from_numpy(np.concatenate(actions)).float(),
+                     torch.from_numpy(np.concatenate(instruction_index)).long(), list(instructions))

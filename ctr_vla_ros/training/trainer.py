@@ -1,0 +1,321 @@
+"""OpenVLA-OFT's training recipe for the package's own model, on LIBERO HDF5 demonstrations.
+
+The recipe: the release's sequence layout (two images, proprio token, prompt, 56 zero action slots) decoded in one
+parallel pass, L1 loss between the action head's output and the normalised 8 x 7 chunk, AdamW with linear warm-up
+and cosine decay, gradient-norm clipping, the release's image augmentations on training samples only (validation
+uses the serving path's centre crop on held-out demonstrations).
+
+The model starts from random weights in a given architecture (see architectures.py) or from an official-format
+checkpoint (fine-tuning). Everything lives in one output directory:
+
+    training_state.pt        model, optimizer, scheduler, step, augmentation RNG, loss history, configuration:
+                             `resume` continues a killed run exactly (same batches, same augmentations, same result)
+    tokenizer.json           the prompt tokenizer (built from the demonstrations' instructions, or the initial
+                             checkpoint's)
+    checkpoint/              the latest export in the release's checkpoint format (`load_checkpoint` reads it)
+    checkpoint-best/         the export with the lowest validation loss so far
+    history.json, loss_curve.png
+
+Every validation point exports; so does the end of the run. Exports hold the weights in fp32, the training dtype.
+
+`device='cuda'` and `dtype='bf16'` (autocast; the weights and the optimizer stay fp32) are written but untested here:
+the project's machines have no GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from tokenizers import Tokenizer
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ctr_vla_ros.model.checkpoint import TOKENIZER_FILE, load_checkpoint, load_tokens
+from ctr_vla_ros.model.checkpoint_writer import build_tokenizer, save_checkpoint, vocab_size_for
+from ctr_vla_ros.model.config import ModelArchitecture
+from ctr_vla_ros.model.openvla_oft import OpenVlaOft
+from ctr_vla_ros.model.preprocess import pixel_values
+from ctr_vla_ros.model.random_checkpoint import random_state_dict
+from ctr_vla_ros.training.architectures import DEFAULT_PRESET, resolve_architecture
+from ctr_vla_ros.training.augment import augment_images
+from ctr_vla_ros.training.dataset import (SampleSet, build_samples, dataset_statistics, episodes_from_files,
+                                          split_episodes)
+
+matplotlib.use('Agg')
+from matplotlib import pyplot  # noqa: E402  (the backend must be chosen before pyplot is imported)
+
+STATE_FILE = 'training_state.pt'
+AUTOCAST_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    data_files: tuple[str, ...]
+    architecture: str | None = None  # preset or override file; with init_checkpoint, an override for loading it
+    init_checkpoint: str | None = None  # official-format checkpoint to fine-tune (None: random weights)
+    steps: int | None = None  # total optimizer steps; or:
+    epochs: float | None = None  # total passes over the training samples
+    batch_size: int = 8
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05  # of the total steps, linear from 0
+    final_learning_rate_fraction: float = 0.1  # where the cosine decay ends, as a fraction of learning_rate
+    gradient_clip: float = 1.0  # max global gradient norm
+    validation_fraction: float = 0.1  # of each instruction's demonstrations, held out
+    validation_interval: int = 500  # steps between validation + export
+    validation_samples: int = 512  # evenly spaced held-out samples used for the validation loss
+    checkpoint_interval: int = 100  # steps between training-state saves
+    seed: int = 0
+    unnorm_key: str = 'libero_goal_no_noops'
+    device: str = 'cpu'
+    dtype: str = 'fp32'  # 'bf16': autocast (weights and optimizer fp32)
+
+
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, final_fraction: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `final_fraction` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Prepares data, model and optimizer for `config` in `output`; `resume` continues from the saved state."""
+
+    def __init__(self, config: TrainingConfig, output: Path, resume: bool = False) -> None:
+        self.output = output
+        state = self._read_state(config) if resume else None
+        self.config = config
+        if config.dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f'dtype {config.dtype!r}: expected one of {sorted(AUTOCAST_DTYPES)}')
+        output.mkdir(parents=True, exist_ok=True)
+
+        episodes = episodes_from_files(config.data_files)
+        if not episodes:
+            raise ValueError('the data files hold no demonstrations')
+        training, validation = split_episodes(episodes, config.validation_fraction, config.seed)
+        self.statistics = dataset_statistics(training)
+        self.instructions = sorted({episode.instruction for episode in episodes})
+        self.model, self.tokenizer = self._build_model(state is not None)
+        self.architecture: ModelArchitecture = self.model.architecture
+        vocab_size = self.architecture.llm.vocab_size
+        if vocab_size < vocab_size_for(self.tokenizer):
+            raise ValueError(f'the tokenizer needs a vocabulary of {vocab_size_for(self.tokenizer)}, the model has '
+                             f'{vocab_size}')
+        self.tokens = load_tokens(output, vocab_size)
+        self.prompt_ids = [torch.tensor(self.tokens.prompt_ids(instruction), device=config.device)
+                           for instruction in self.instructions]
+
+        chunk_size = self.architecture.action.chunk_size
+        self.training_samples = build_samples(training, self.statistics, self.instructions, chunk_size,
+                                              center_crop=False, description='training samples')
+        if len(self.training_samples) < config.batch_size:
+            raise ValueError(f'{len(self.training_samples)} training samples, fewer than one batch '
+                             f'({config.batch_size})')
+        self.validation_samples = None
+        if validation:
+            samples = build_samples(validation, self.statistics, self.instructions, chunk_size, center_crop=True,
+                                    description='validation samples')
+            count = min(config.validation_samples, len(samples))
+            self.validation_samples = samples.subset(torch.linspace(0, len(samples) - 1, count).round().long())
+
+        self.steps_per_epoch = len(self.training_samples) // config.batch_size
+        if (config.steps is None) == (config.epochs is None):
+            raise ValueError('give exactly one of steps and epochs')
+        self.total_steps = config.steps or math.ceil(config.epochs * self.steps_per_epoch)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        warmup_steps = max(1, round(config.warmup_fraction * self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(
+            learning_rate_factor, warmup_steps=warmup_steps, total_steps=self.total_steps,
+            final_fraction=config.final_learning_rate_fraction))
+        self.augment_generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.history: dict[str, list[list[float]]] = {'train': [], 'validation': []}
+        self.best_validation = math.inf
+        if state is not None:
+            self._restore(state)
+
+    def _read_state(self, config: TrainingConfig) -> dict[str, Any]:
+        path = self.output / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f'{path}: no training state to resume from')
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        saved = state['config']
+        differences = {key: (saved[key], value) for key, value in dataclasses.asdict(config).items()
+                       if saved[key] != value}
+        if differences:
+            raise ValueError(f'the run in {self.output} was started with other settings (saved, given): '
+                             f'{differences}')
+        return state
+
+    def _build_model(self, resuming: bool) -> tuple[OpenVlaOft, Tokenizer]:
+        """The model on the configured device (fp32) and the prompt tokenizer, which is also written to the output
+        directory (a resumed run reads it back: the tokenizer is part of the run)."""
+        config, tokenizer_path = self.config, self.output / TOKENIZER_FILE
+        if config.init_checkpoint:
+            model = load_checkpoint(config.init_checkpoint, config.architecture, torch.float32,
+                                    config.device).model
+            if not resuming:
+                shutil.copyfile(Path(config.init_checkpoint) / TOKENIZER_FILE, tokenizer_path)
+        else:
+            model = OpenVlaOft(resolve_architecture(config.architecture or DEFAULT_PRESET))
+            model.load_state_dict({name: value.float() for name, value in
+                                   random_state_dict(model, config.seed).items()})
+            model.to(config.device)
+            if not resuming:
+                build_tokenizer(self.instructions).save(str(tokenizer_path))
+        return model.train(), Tokenizer.from_file(str(tokenizer_path))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.augment_generator.set_state(state['augment_rng'])
+        self.step = state['step']
+        self.history = state['history']
+        self.best_validation = state['best_validation']
+
+    def save_state(self) -> None:
+        """Write the training state atomically: a run killed while saving keeps the previous state."""
+        state = {'config': dataclasses.asdict(self.config), 'step': self.step, 'model': self.model.state_dict(),
+                 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
+                 'augment_rng': self.augment_generator.get_state(), 'history': self.history,
+                 'best_validation': self.best_validation}
+        temporary = self.output / f'{STATE_FILE}.tmp'
+        torch.save(state, temporary)
+        os.replace(temporary, self.output / STATE_FILE)
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """The training samples of `step`: each epoch is a fresh permutation drawn from (seed, epoch), so the order
+        depends on nothing but the step."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.training_samples))
+        batch = self.config.batch_size
+        return torch.from_numpy(order[position * batch:(position + 1) * batch])
+
+    def model_inputs(self, samples: SampleSet, indices: torch.Tensor, augment: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Pixel values (batch, images, 6, 224, 224), normalised proprio, prompt ids and target chunks."""
+        device = self.config.device
+        images = samples.images[indices]
+        flat = images.flatten(0, 1)
+        if augment:
+            flat = augment_images(flat, self.augment_generator)
+        pixels = pixel_values(list(flat.numpy()), torch.float32, device).unflatten(0, images.shape[:2])
+        prompts = [self.prompt_ids[index] for index in samples.instruction_index[indices].tolist()]
+        return pixels, samples.proprio[indices].to(device), prompts, samples.actions[indices].to(device)
+
+    def loss(self, samples: SampleSet, indices: torch.Tensor, augment: bool) -> torch.Tensor:
+        """Mean L1 between the predicted and the true normalised chunks."""
+        pixels, proprio, prompts, target = self.model_inputs(samples, indices, augment)
+        autocast_dtype = AUTOCAST_DTYPES[self.config.dtype]
+        device_type = torch.device(self.config.device).type
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            predicted = self.model.forward_batch(pixels, proprio, prompts, self.tokens.space_id,
+                                                 self.tokens.stop_id)
+        return F.l1_loss(predicted, target)
+
+    def train_step(self) -> float:
+        loss = self.loss(self.training_samples, self.batch_indices(self.step), augment=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        value = loss.item()
+        self.history['train'].append([self.step, value])
+        return value
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        samples = self.validation_samples
+        self.model.eval()
+        total = 0.0
+        for start in range(0, len(samples), self.config.batch_size):
+            indices = torch.arange(start, min(start + self.config.batch_size, len(samples)))
+            total += self.loss(samples, indices, augment=False).item() * len(indices)
+        self.model.train()
+        value = total / len(samples)
+        self.history['validation'].append([self.step, value])
+        return value
+
+    def export(self, directory: Path) -> None:
+        """The model in the release's checkpoint format, written beside `directory` and then moved into place (an
+        export's sidecar names carry the step, so an older export must not remain)."""
+        temporary = directory.with_name(directory.name + '.tmp')
+        shutil.rmtree(temporary, ignore_errors=True)
+        state = {name: tensor.detach().to('cpu', torch.float32) for name, tensor in self.model.state_dict().items()}
+        last_validation = self.history['validation'][-1][1] if self.history['validation'] else None
+        save_checkpoint(temporary, self.architecture, state, self.tokenizer, {self.config.unnorm_key: self.statistics},
+                        self.step, {'ctr_vla_training': {
+                            'step': self.step, 'validation_l1': last_validation,
+                            'data_files': list(self.config.data_files),
+                            'init_checkpoint': self.config.init_checkpoint}},
+                        shard_bytes=1 << 30)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(temporary, directory)
+
+    def write_history(self) -> None:
+        (self.output / 'history.json').write_text(json.dumps(self.history))
+        figure, axes = pyplot.subplots(figsize=(8, 4.5))
+        if self.history['train']:
+            steps, losses = np.array(self.history['train']).T
+            axes.plot(steps, losses, color='tab:blue', alpha=0.25, linewidth=0.8, label='train (per batch)')
+            window = min(50, len(losses))
+            smoothed = np.convolve(losses, np.ones(window) / window, mode='valid')
+            axes.plot(steps[window - 1:], smoothed, color='tab:blue', label=f'train (mean of {window})')
+        if self.history['validation']:
+            steps, losses = np.array(self.history['validation']).T
+            axes.plot(steps, losses, 'o-', color='tab:orange', label='validation')
+        axes.set_xlabel('step')
+        axes.set_ylabel('L1 loss (normalised actions)')
+        axes.set_yscale('log')
+        axes.grid(True, which='both', alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(self.output / 'loss_curve.png', dpi=100)
+        pyplot.close(figure)
+
+    def checkpoint(self) -> None:
+        """Validation point: validate, export, remember the best export, save the state and the curve."""
+        if self.validation_samples is not None:
+            value = self.validate()
+            self.export(self.output / 'checkpoint')
+            if value < self.best_validation:
+                self.best_validation = value
+                shutil.rmtree(self.output / 'checkpoint-best', ignore_errors=True)
+                shutil.copytree(self.output / 'checkpoint', self.output / 'checkpoint-best')
+        else:
+            self.export(self.output / 'checkpoint')
+        self.save_state()
+        self.write_history()
+
+    def run(self) -> None:
+        """Train to the end, validating and exporting on the way and at the end."""
+        config = self.config
+        with tqdm(total=self.total_steps, initial=self.step, desc='training', unit='batch') as progress:
+            while self.step < self.total_steps:
+                self.train_step()
+                recent = [value for _, value in self.history['train'][-20:]]
+                postfix = {'loss': f'{np.mean(recent):.4f}', 'lr': f'{self.scheduler.get_last_lr()[0]:.2e}',
+                           'epoch': f'{self.step / self.steps_per_epoch:.2f}'}
+                if self.history['validation']:
+                    postfix['val'] = f'{self.history["validation"][-1][1]:.4f}'
+                progress.set_postfix(postfix, refresh=False)
+                progress.update()
+                if self.step % config.validation_interval == 0 or self.step == self.total_steps:
+                    self.checkpoint()
+                elif self.step % config.checkpoint_interval == 0:
+                    self.save_state()
