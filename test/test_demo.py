@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr_vla_ros.tools.demo import LAUNCHED_NODES
+from ctr_vla_ros.tools.closed_loop import LAUNCHED_NODES
 
 REPO = Path(__file__).resolve().parents[1]
 

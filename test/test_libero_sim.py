@@ -8,11 +8,12 @@ pytest.importorskip('libero', reason='the LIBERO simulation extra is not install
 from ctr_vla_ros_msgs.msg import EndEffectorDelta, SimStatus  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from ctr_vla_ros.sim.libero_env import libero_action  # noqa: E402
-from helpers.ros_harness import Driver, NodeProcess, wait_until  # noqa: E402
+from helpers.ros_harness import Driver, wait_until  # noqa: E402
+from ctr_vla_ros.tools.node_processes import CONFIG, NodeProcess, robot_config  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -27,22 +28,24 @@ def stamp(message):
 
 
 def test_sim_node_publishes_executes_and_resets(ros_domain):
-    node = NodeProcess('ctr_vla_libero_sim', 'ctr_vla_libero_sim', {'command_wait': 0.3, 'settle_steps': 5})
+    node = NodeProcess('ctr_vla_libero_sim', [CONFIG, robot_config('sim')], {'command_wait': 0.3, 'settle_steps': 5})
     driver = Driver()
     try:
         primary = driver.record(Image, '/camera/primary/image_raw')
         wrist = driver.record(Image, '/camera/wrist/image_raw')
         poses = driver.record(PoseStamped, '/ee_pose')
         clocks = driver.record(Clock, '/clock')
+        gripper_states = driver.record(JointState, '/gripper/joint_states')
         statuses = []
         deltas = driver.node.create_publisher(EndEffectorDelta, '/ctr_vla_policy/ee_delta', 10)
-        command = {'translation': None}
+        command = {'translation': None, 'kind': EndEffectorDelta.MOTION, 'gripper': -1.0}
 
         def on_status(status):
             statuses.append(status)
             if command['translation'] is not None:  # the command for this step, stamped with its time
-                deltas.publish(EndEffectorDelta(header=status.header, translation=command['translation'],
-                                                rotation=[0.0, 0.0, 0.0], gripper=-1.0, control_period=0.05))
+                deltas.publish(EndEffectorDelta(kind=command['kind'], header=status.header,
+                                                translation=command['translation'], rotation=[0.0, 0.0, 0.0],
+                                                gripper=command['gripper'], control_period=0.05))
 
         driver.node.create_subscription(SimStatus, '/ctr_vla_libero_sim/status', on_status, 10)
         wait_until(lambda: len(statuses) >= 3, 180, 'three simulation steps (the env takes a while to build)')
@@ -62,8 +65,14 @@ def test_sim_node_publishes_executes_and_resets(ros_domain):
         first_commanded = len(statuses)
         command['translation'] = [0.01, 0.0, 0.0]  # 1 cm per step along +x
         wait_until(lambda: statuses[-1].commanded_steps >= 5, 60, 'five commanded steps')
-        command['translation'] = [0.0, 0.0, 0.0]
-        wait_until(lambda: len(statuses) >= first_commanded + 10, 60, 'the arm settles')
+        # STOPs with a stray gripper value: the arm holds, the gripper stays open.
+        holds = statuses[-1].hold_steps
+        command.update(translation=[0.05, 0.0, 0.0], kind=EndEffectorDelta.STOP, gripper=1.0)
+        wait_until(lambda: statuses[-1].hold_steps > holds + 1, 30, 'STOPs executed as holds')
+        commanded = statuses[-1].commanded_steps
+        wait_until(lambda: len(statuses) >= first_commanded + 12, 60, 'the arm settles')
+        assert statuses[-1].commanded_steps == commanded
+        assert np.abs(gripper_states[-1].position).min() > 0.03  # fingers still open (about 0.04 m each)
         end_pose = poses[-1].pose.position
         moved = np.array([end_pose.x, end_pose.y, end_pose.z]) - start
         # LIBERO's operational-space controller moves part of the commanded 5 cm (about 1 cm measured here).

@@ -3,9 +3,9 @@ bounded episode, then what a user wants to see: an animated GIF, a contact sheet
 overlays, and a summary.
 
 Where `ros2 launch` exists this is `ros2 launch ctr_vla_ros bringup.launch.py robot:=sim rviz:=false`. Here (no ROS
-distro) the same executables start with the same parameters: the package's parameter file plus the overrides the
-launch file applies for robot:=sim (the checkpoint and use_sim_time). With no checkpoint given, a tiny RANDOM-WEIGHT
-checkpoint is generated: the arm then moves meaninglessly, and the summary says so.
+distro) the same executables start with the same parameters: the package's parameter files and the overrides the
+launch file applies for robot:=sim (config/robot_sim.yaml, the checkpoint and use_sim_time). With no checkpoint
+given, a tiny RANDOM-WEIGHT checkpoint is generated: the arm then moves meaninglessly, and the summary says so.
 
     python -m ctr_vla_ros.tools.demo [--checkpoint DIR] [--steps 120] [--output demo_output]
 """
@@ -15,35 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image as PilImage
-import yaml
 
 from ctr_vla_ros.model.random_checkpoint import demo_checkpoint
+from ctr_vla_ros.tools.closed_loop import ClosedLoopClient, start_simulation_stack
+from ctr_vla_ros.tools.node_processes import REPO, interrupt_all, network_safe_environment
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / 'config' / 'ctr_vla.yaml'
-# What bringup.launch.py starts for robot:=sim rviz:=false (a test keeps the two in step).
-LAUNCHED_NODES = ('ctr_vla_libero_sim', 'ctr_vla_policy', 'ctr_vla_diagnostics')
 TILE = 224
-
-
-def network_safe_environment() -> dict[str, str]:
-    environment = dict(os.environ)
-    environment['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    environment.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 100)))
-    environment.setdefault('MUJOCO_GL', 'osmesa')
-    return environment
 
 
 # A random policy leaves the trained state range within a few chunks and the policy node would (rightly) stop the
@@ -52,63 +37,20 @@ def network_safe_environment() -> dict[str, str]:
 RANDOM_WEIGHT_OVERRIDES = {'proprio_range_margin': 100.0, 'max_rotation_step': [0.05, 0.05, 0.05]}
 
 
-def start_nodes(checkpoint: Path, random_weights: bool, steps: int, logs: Path) -> dict[str, subprocess.Popen]:
-    policy = {'checkpoint': str(checkpoint), 'use_sim_time': True}
-    if random_weights:
-        policy.update(RANDOM_WEIGHT_OVERRIDES)
-    overrides = {
-        'ctr_vla_policy': {'ros__parameters': policy},
-        'ctr_vla_diagnostics': {'ros__parameters': {'use_sim_time': True, 'overlay_scale': 1}},
-        'ctr_vla_libero_sim': {'ros__parameters': {'max_steps': steps}},
-    }
-    override_file = logs / 'demo_overrides.yaml'
-    override_file.write_text(yaml.safe_dump(overrides))
-    processes = {}
-    for name in LAUNCHED_NODES:
-        executable = Path(sys.executable).parent / name
-        command = [str(executable), '--ros-args', '--params-file', str(CONFIG), '--params-file', str(override_file)]
-        log = open(logs / f'{name}.log', 'w')
-        processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
-    return processes
-
-
-def stop_nodes(processes: dict[str, subprocess.Popen]) -> dict[str, int]:
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-    codes = {}
-    for name, process in processes.items():
-        try:
-            codes[name] = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            codes[name] = process.wait()
-    return codes
-
-
-class Recorder:
-    """The demo's own ROS node: enables the policy and records everything worth showing."""
+class Recorder(ClosedLoopClient):
+    """The demo's client node: also keeps both cameras and both overlays, one frame per simulation step and one
+    contact-sheet row per query."""
 
     def __init__(self) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        super().__init__('ctr_vla_demo')
         from rclpy.qos import qos_profile_sensor_data
-        from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, SimStatus
         from sensor_msgs.msg import Image
 
         from ctr_vla_ros.nodes.image_conversion import image_to_rgb
 
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('ctr_vla_demo', context=self.context)
-        self.lock = threading.Lock()
-        self.status = None
         self.images: dict[str, np.ndarray] = {}
         self.frames: list[dict[str, np.ndarray]] = []
         self.query_sheets: list[dict[str, np.ndarray]] = []
-        self.stats: list[Any] = []
-        self.chunks: list[Any] = []
 
         def keep(key: str):
             def store(message: Image) -> None:
@@ -122,36 +64,12 @@ class Recorder:
                            ('primary_overlay', '/ctr_vla_diagnostics/overlay/primary'),
                            ('wrist_overlay', '/ctr_vla_diagnostics/overlay/wrist')):
             self.node.create_subscription(Image, topic, keep(key), qos_profile_sensor_data)
-        self.node.create_subscription(SimStatus, '/ctr_vla_libero_sim/status', self.on_status, 10)
-        self.node.create_subscription(CtrStats, '/ctr_vla_policy/ctr_stats', self.stats.append, 10)
-        self.node.create_subscription(ActionChunk, '/ctr_vla_policy/action_chunk', self.chunks.append, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
 
     def on_status(self, status: Any) -> None:
+        super().on_status(status)
         with self.lock:
-            self.status = status
             if {'primary', 'wrist'} <= set(self.images):
                 self.frames.append(dict(self.images))
-
-    def enable_policy(self, timeout: float) -> None:
-        from std_srvs.srv import SetBool
-        client = self.node.create_client(SetBool, '/ctr_vla_policy/enable')
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError('the policy node did not come up (see demo_output/logs/ctr_vla_policy.log)')
-        future = client.call_async(SetBool.Request(data=True))
-        deadline = time.monotonic() + 30
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not future.done() or not future.result().success:
-            raise RuntimeError('enabling the policy failed')
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)
 
 
 def tile(images: dict[str, np.ndarray], keys: tuple[str, ...]) -> np.ndarray:
@@ -228,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    os.environ.update(network_safe_environment())
+    os.environ.update(network_safe_environment())  # for the demo's own ROS node
     args.output.mkdir(parents=True, exist_ok=True)
     logs = args.output / 'logs'
     logs.mkdir(exist_ok=True)
@@ -239,25 +157,25 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or demo_checkpoint()
 
     started = time.monotonic()
-    processes = start_nodes(checkpoint, random_weights, args.steps, logs)
+    policy = {'checkpoint': str(checkpoint), **(RANDOM_WEIGHT_OVERRIDES if random_weights else {})}
+    processes = start_simulation_stack(logs, policy, {'max_steps': args.steps}, diagnostics={'overlay_scale': 1})
     recorder = Recorder()
     codes: dict[str, int] = {}
     try:
         recorder.enable_policy(timeout=120)
         with tqdm(total=args.steps, desc='episode', unit='step', mininterval=1.0) as progress:
-            while time.monotonic() - started < args.timeout:
-                failed = [name for name, process in processes.items() if process.poll() is not None]
+            def show(status: Any) -> None:
+                failed = [node.executable for node in processes if node.process.poll() is not None]
                 if failed:
                     raise RuntimeError(f'{failed} exited early (see {logs})')
-                status = recorder.status
                 if status is not None:
                     progress.update(status.step - progress.n)
                     progress.set_postfix(queries=len(recorder.stats), success=status.success)
-                    if status.done:
-                        break
-                time.sleep(0.2)
+
+            recorder.wait_until(lambda status: status is not None and status.done, args.timeout, 'the episode',
+                                show)
     finally:
-        codes = stop_nodes(processes)
+        codes = interrupt_all(processes)
         recorder.close()
     summary = write_outputs(recorder, args.output, random_weights, codes, time.monotonic() - started)
     print((args.output / 'summary.md').read_text())
