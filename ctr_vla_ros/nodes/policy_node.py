@@ -117,14 +117,14 @@ class PolicyNode(Node):
                                      qos_profile_sensor_data)
         # A transient-local subscription receives a latched publisher's last message but does not match a plain
         # (volatile) publisher at all; a volatile one matches both. Both, so every kind of publisher is heard (a
-        # latched publisher then delivers twice, and an unchanged instruction changes nothing). A plain publisher
-        # is expected not to match the latched subscription: no warning for that.
-        quiet_mismatch = SubscriptionEventCallbacks(incompatible_qos=lambda event: None)
-        for durability in (DurabilityPolicy.TRANSIENT_LOCAL, DurabilityPolicy.VOLATILE):
-            self.create_subscription(String, settings['instruction_topic'], self.on_instruction,
-                                     QoSProfile(depth=1, durability=durability,
-                                                reliability=ReliabilityPolicy.RELIABLE),
-                                     event_callbacks=quiet_mismatch)
+        # latched publisher then delivers twice, and an unchanged instruction changes nothing). That a plain
+        # publisher does not match the latched subscription is expected: no warning for it.
+        reliable = ReliabilityPolicy.RELIABLE
+        self.create_subscription(String, settings['instruction_topic'], self.on_instruction,
+                                 QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=reliable),
+                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None))
+        self.create_subscription(String, settings['instruction_topic'], self.on_instruction,
+                                 QoSProfile(depth=1, durability=DurabilityPolicy.VOLATILE, reliability=reliable))
         if settings['proprio_source'] == 'pose':
             self.create_subscription(PoseStamped, settings['pose_topic'], self.on_pose, qos_profile_sensor_data)
             self.create_subscription(JointState, settings['gripper_topic'], self.on_gripper,

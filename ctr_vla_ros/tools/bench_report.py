@@ -16,6 +16,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ctr_vla_ros.tools.evaluate import markdown_table  # noqa: E402
+
 BENCHMARKS = Path('benchmarks')
 RESULTS = BENCHMARKS / 'results'
 CONFIG_ORDER = ('zero-mask', 'paper', 'patch_reference', 'fast')
@@ -188,6 +190,21 @@ def node_section(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def eval_section(name: str, results: dict[str, Any]) -> list[str]:
+    settings = results['settings']
+    return [f'## Closed-loop task success: `{settings["checkpoint"]}`', '',
+            'Command: `make eval` (`python -m ctr_vla_ros.tools.evaluate`): the LIBERO simulation and the policy node '
+            'as separate processes over ROS, one episode per initial state, every configuration on the same '
+            f'episodes. Suite `{settings["suite"]}`, tasks {settings["tasks"]}, initial states '
+            f'{settings["init_states"][0]}..{settings["init_states"][1]} (not used for training), at most '
+            f'{settings["max_steps"]} steps, {settings["resolution"]}x{settings["resolution"]} cameras; measured '
+            f'{results["machine"]["date"]} on {results["machine"]["cpu"]}. Results: `benchmarks/results/{name}.json`.',
+            '', *markdown_table(results), '',
+            'Success 95% CI: Wilson score interval. Step time: the policy\'s whole query (preprocessing, mask, vision, '
+            'projector, LLM, head), median over every query of every episode; speed-up against `off` in the same '
+            'run. FLOPs -%: executed against full recompute over all queries.', '']
+
+
 def main() -> None:
     loaded = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob('*.json'))}
     lines = ['# Benchmarks', '',
@@ -200,6 +217,9 @@ def main() -> None:
     for key, value in loaded.items():
         if key.startswith('ctr_'):
             lines += ctr_section(value)
+    for key, value in loaded.items():
+        if key.startswith('eval_'):
+            lines += eval_section(key, value)
     node = [value for key, value in loaded.items() if key.startswith('node_')]
     if node:
         lines += node_section(node)
