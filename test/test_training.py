@@ -33,6 +33,15 @@ TINY = ModelArchitecture(
     ActionLayout())
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are too small to gain from a second thread, and the machine's two cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_model(seed: int = 0) -> OpenVlaOft:
     model = OpenVlaOft(TINY)
     model.load_state_dict({name: value.float() for name, value in random_state_dict(model, seed).items()})
@@ -229,10 +238,21 @@ def test_export_loads_and_predicts_what_the_trained_model_predicts(test_config, 
 def test_command_line_trains_exports_and_refuses_a_changed_resume(libero_files, tmp_path, capsys):
     output = tmp_path / 'cli'
     arguments = [*libero_files, '--output', str(output), '--arch', 'tiny', '--steps', '2', '--batch-size', '4',
-                 '--validation-fraction', '0.34', '--validation-samples', '4', '--threads', '2']
+                 '--validation-fraction', '0.34', '--validation-samples', '4', '--threads', '1']
     assert main(arguments) == 0
     assert {'checkpoint', 'checkpoint-best', 'loss_curve.png', 'history.json', 'training_state.pt',
             'tokenizer.json'} <= {path.name for path in output.iterdir()}
     assert load_checkpoint(output / 'checkpoint').architecture == PRESETS['tiny']
     assert main(['--resume', '--output', str(output), '--batch-size', '8']) == 2
     assert 'batch_size' in capsys.readouterr().err
+
+
+def test_small_preset_keeps_the_release_structure_and_exports_under_50_mb():
+    small = PRESETS['small']
+    assert [(tower.kind, tower.num_registers) for tower in small.vision_towers] == [('dinov2', 4), ('siglip', 0)]
+    assert small.llm.vocab_size == 32064 and small.patches_per_image == 256
+    assert small.action == ActionLayout(num_images=2, chunk_size=8, action_dim=7, proprio_dim=8)
+    with torch.device('meta'):
+        model = OpenVlaOft(small)
+    fp32_bytes = 4 * sum(parameter.numel() for parameter in model.parameters())
+    assert fp32_bytes < 50e6

@@ -133,8 +133,10 @@ class Trainer:
         if (config.steps is None) == (config.epochs is None):
             raise ValueError('give exactly one of steps and epochs')
         self.total_steps = config.steps or math.ceil(config.epochs * self.steps_per_epoch)
+        # The fused kernel: most parameters are the vocabulary-sized embedding table, and the unfused update of
+        # it costs several times more on a CPU.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, fused=True)
         warmup_steps = max(1, round(config.warmup_fraction * self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(
             learning_rate_factor, warmup_steps=warmup_steps, total_steps=self.total_steps,
