@@ -2,16 +2,15 @@
 the export. Nothing trains for real: tiny models, a hand-made HDF5 file, a few steps."""
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from ctr_vla_ros.data.libero_hdf5 import DemoFileWriter, Demonstration
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.config import ActionLayout, LlmConfig, ModelArchitecture, VisionTowerConfig
 from ctr_vla_ros.model.openvla_oft import OpenVlaOft
@@ -61,8 +60,8 @@ def test_batched_forward_equals_each_sample_alone():
         torch.testing.assert_close(batched[index].detach(), alone, rtol=0, atol=1e-5)
 
 
-# A LIBERO HDF5 file in the official layout, made by hand: each demo starts with two no-op steps, closes the
-# gripper halfway through, and has images (upside down, as LIBERO stores them) that depend on the step.
+# LIBERO HDF5 files in the official layout, written with the package's writer: each demo starts with two no-op
+# steps and closes the gripper halfway through; its images are random.
 INSTRUCTIONS = ('put the bowl on the stove', 'open the top drawer of the cabinet')
 DEMO_STEPS = 12
 TEST_ARCH = {'vision_towers': [{'kind': 'dinov2', 'width': 32, 'depth': 2, 'heads': 2, 'mlp_width': 64,
@@ -71,31 +70,25 @@ TEST_ARCH = {'vision_towers': [{'kind': 'dinov2', 'width': 32, 'depth': 2, 'head
              'llm': {'hidden_size': 64, 'num_layers': 1, 'num_heads': 4, 'intermediate_size': 128}}
 
 
-def demo_arrays(generator: np.random.Generator, steps: int = DEMO_STEPS) -> dict[str, np.ndarray]:
+def demonstration(generator: np.random.Generator, steps: int = DEMO_STEPS, image_size: int = 64) -> Demonstration:
     actions = generator.uniform(-0.8, 0.8, (steps, 7))
     actions[:, 6] = np.where(np.arange(steps) < steps // 2, -1.0, 1.0)
     actions[:2, :6] = 0.0
     positions = np.cumsum(actions[:, :3] * 0.01, axis=0) + [0.0, 0.0, 1.0]
     ee_states = np.concatenate([positions, generator.normal(0, 0.1, (steps, 3)) + [3.1, 0, 0]], axis=1)
     fingers = np.where(actions[:, 6:] < 0, 0.04, 0.01)
-    gripper_states = np.concatenate([fingers, -fingers], axis=1)
-    images = generator.integers(0, 256, (2, steps, 64, 64, 3), dtype=np.uint8)
-    return {'actions': actions, 'ee_states': ee_states, 'gripper_states': gripper_states,
-            'agentview_rgb': images[0], 'eye_in_hand_rgb': images[1]}
+    images = generator.integers(0, 256, (2, steps, image_size, image_size, 3), dtype=np.uint8)
+    return Demonstration(actions=actions, agentview_rgb=images[0], eye_in_hand_rgb=images[1], ee_states=ee_states,
+                         gripper_states=np.concatenate([fingers, -fingers], axis=1),
+                         joint_states=np.zeros((steps, 7)), robot_states=np.zeros((steps, 9)),
+                         states=np.zeros((steps, 10)))
 
 
 def write_libero_file(path: Path, instruction: str, demos: int, seed: int) -> Path:
     generator = np.random.default_rng(seed)
-    with h5py.File(path, 'w') as file:
-        data = file.create_group('data')
-        data.attrs['problem_info'] = json.dumps({'language_instruction': instruction})
-        for index in range(demos):
-            arrays = demo_arrays(generator)
-            demo = data.create_group(f'demo_{index}')
-            demo.create_dataset('actions', data=arrays.pop('actions'))
-            observations = demo.create_group('obs')
-            for name, values in arrays.items():
-                observations.create_dataset(name, data=values)
+    writer = DemoFileWriter(path, {'language_instruction': instruction})
+    for _ in range(demos):
+        writer.write(demonstration(generator))
     return path
 
 
@@ -124,7 +117,10 @@ def test_noops_gripper_convention_chunks_and_statistics_by_hand():
     states = np.arange(5 * 6, dtype=float).reshape(5, 6)
     fingers = np.tile([[0.04, -0.04]], (5, 1))
     images = np.zeros((5, 8, 8, 3), np.uint8)
-    episode = make_episode('task', actions, states, fingers, images, images, 'hand-made')
+    stored = Demonstration(actions=actions, agentview_rgb=images, eye_in_hand_rgb=images, ee_states=states,
+                           gripper_states=fingers, joint_states=np.zeros((5, 7)), robot_states=np.zeros((5, 9)),
+                           states=np.zeros((5, 10)))
+    episode = make_episode('task', stored, 'hand-made')
     np.testing.assert_array_equal(episode.actions[:, 6], [1.0, 0.0, 0.0])  # -1 open -> 1, +1 close -> 0
     np.testing.assert_array_equal(GRIPPER_CONVENTIONS['open_is_one'](episode.actions[:, 6]), actions[[1, 3, 4], 6])
     np.testing.assert_array_equal(episode.proprio[:, :6], states[[1, 3, 4]])

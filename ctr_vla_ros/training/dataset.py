@@ -20,16 +20,15 @@ sees exactly what the policy sees.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ctr_vla_ros.data.libero_hdf5 import DemoFileReader, Demonstration
 from ctr_vla_ros.model.config import IMAGE_SIZE
 from ctr_vla_ros.model.normalization import normalize_proprio
 from ctr_vla_ros.model.preprocess import prepare_image
@@ -67,29 +66,23 @@ def gripper_to_open_is_one(gripper: np.ndarray) -> np.ndarray:
     return 1.0 - np.clip(gripper, 0.0, 1.0)
 
 
-def make_episode(instruction: str, actions: np.ndarray, ee_states: np.ndarray, gripper_states: np.ndarray,
-                 agentview: np.ndarray, wrist: np.ndarray, name: str) -> Episode:
-    """One demonstration in LIBERO's HDF5 form -> an Episode (no-ops dropped, gripper converted)."""
-    keep = ~noop_steps(actions)
-    converted = actions[keep].astype(np.float64)
-    converted[:, -1] = gripper_to_open_is_one(converted[:, -1])
-    proprio = np.concatenate([ee_states, gripper_states], axis=1)[keep].astype(np.float64)
-    return Episode(instruction, np.stack([agentview[keep], wrist[keep]], axis=1), proprio, converted, name)
+def make_episode(instruction: str, demonstration: Demonstration, name: str) -> Episode:
+    """One demonstration as stored -> an Episode (no-ops dropped, gripper converted)."""
+    keep = ~noop_steps(demonstration.actions)
+    actions = demonstration.actions[keep].astype(np.float64)
+    actions[:, -1] = gripper_to_open_is_one(actions[:, -1])
+    proprio = np.concatenate([demonstration.ee_states, demonstration.gripper_states], axis=1)[keep]
+    images = np.stack([demonstration.agentview_rgb[keep], demonstration.eye_in_hand_rgb[keep]], axis=1)
+    return Episode(instruction, images, proprio.astype(np.float64), actions, name)
 
 
 def episodes_from_files(paths: Sequence[str | Path]) -> list[Episode]:
     """Every demonstration of every LIBERO HDF5 file, in the given file order, then by demo number."""
     episodes = []
     for path in paths:
-        with h5py.File(path, 'r') as file:
-            data = file['data']
-            instruction = json.loads(data.attrs['problem_info'])['language_instruction']
-            for name in sorted(data, key=lambda demo: int(demo.removeprefix('demo_'))):
-                demo, observations = data[name], data[name]['obs']
-                episodes.append(make_episode(
-                    instruction, demo['actions'][()], observations['ee_states'][()],
-                    observations['gripper_states'][()], observations['agentview_rgb'][()],
-                    observations['eye_in_hand_rgb'][()], f'{path}:{name}'))
+        with DemoFileReader(path) as reader:
+            for name in reader.demo_names:
+                episodes.append(make_episode(reader.instruction, reader.read(name), f'{path}:{name}'))
     return episodes
 
 
