@@ -23,7 +23,7 @@ from ctr_vla_ros.training.trainer import STATE_FILE, Trainer, TrainingConfig
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    defaults = TrainingConfig(data_files=())
+    defaults = argparse.Namespace(**{field.name: field.default for field in dataclasses.fields(TrainingConfig)})
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Every setting defaults to None here: the defaults live in TrainingConfig, and a resumed run must be able to
     # tell a setting that was given from one that was not.

@@ -80,6 +80,12 @@ class TrainingConfig:
     device: str = 'cpu'
     dtype: str = 'fp32'  # 'bf16': autocast (weights and optimizer fp32)
 
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError('give exactly one of steps and epochs')
+        if self.dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f'dtype {self.dtype!r}: expected one of {sorted(AUTOCAST_DTYPES)}')
+
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, final_fraction: float) -> float:
     """Linear warm-up to 1, then cosine decay to `final_fraction` at `total_steps`."""
@@ -96,8 +102,6 @@ class Trainer:
         self.output = output
         state = self._read_state(config) if resume else None
         self.config = config
-        if config.dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f'dtype {config.dtype!r}: expected one of {sorted(AUTOCAST_DTYPES)}')
         output.mkdir(parents=True, exist_ok=True)
 
         episodes = episodes_from_files(config.data_files)
@@ -130,8 +134,6 @@ class Trainer:
             self.validation_samples = samples.subset(torch.linspace(0, len(samples) - 1, count).round().long())
 
         self.steps_per_epoch = len(self.training_samples) // config.batch_size
-        if (config.steps is None) == (config.epochs is None):
-            raise ValueError('give exactly one of steps and epochs')
         self.total_steps = config.steps or math.ceil(config.epochs * self.steps_per_epoch)
         # The fused kernel: most parameters are the vocabulary-sized embedding table, and the unfused update of
         # it costs several times more on a CPU.
@@ -275,7 +277,7 @@ class Trainer:
         if self.history['train']:
             steps, losses = np.array(self.history['train']).T
             axes.plot(steps, losses, color='tab:blue', alpha=0.25, linewidth=0.8, label='train (per batch)')
-            window = min(50, len(losses))
+            window = max(1, min(50, len(losses) // 5))
             smoothed = np.convolve(losses, np.ones(window) / window, mode='valid')
             axes.plot(steps[window - 1:], smoothed, color='tab:blue', label=f'train (mean of {window})')
         if self.history['validation']:
@@ -290,7 +292,7 @@ class Trainer:
         figure.savefig(self.output / 'loss_curve.png', dpi=100)
         pyplot.close(figure)
 
-    def checkpoint(self) -> None:
+    def validation_point(self) -> None:
         """Validation point: validate, export, remember the best export, save the state and the curve."""
         if self.validation_samples is not None:
             value = self.validate()
@@ -318,6 +320,6 @@ class Trainer:
                 progress.set_postfix(postfix, refresh=False)
                 progress.update()
                 if self.step % config.validation_interval == 0 or self.step == self.total_steps:
-                    self.checkpoint()
+                    self.validation_point()
                 elif self.step % config.checkpoint_interval == 0:
                     self.save_state()
