@@ -198,7 +198,8 @@ def test_resumed_run_equals_uninterrupted_run(test_config, tmp_path):
 
     assert resumed.history['train'] == uninterrupted.history['train']
     assert resumed.history['validation'] == uninterrupted.history['validation']
-    for (name, expected), actual in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, expected), actual in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values(),
+                                        strict=True):
         assert torch.equal(expected, actual), name
     with pytest.raises(ValueError, match='batch_size'):
         Trainer(dataclasses.replace(test_config, batch_size=2), tmp_path / 'resumed', resume=True)
@@ -252,3 +253,19 @@ def test_small_preset_keeps_the_release_structure_and_exports_under_50_mb():
         model = OpenVlaOft(small)
     fp32_bytes = 4 * sum(parameter.numel() for parameter in model.parameters())
     assert fp32_bytes < 50e6
+
+
+def test_fine_tuning_starts_from_an_official_format_checkpoint(test_config, tiny_checkpoint, tmp_path):
+    config = dataclasses.replace(test_config, architecture=None, init_checkpoint=str(tiny_checkpoint), steps=1)
+    trainer = Trainer(config, tmp_path / 'fine-tune')
+    released = load_checkpoint(tiny_checkpoint)
+    assert trainer.architecture == released.architecture
+    for (name, expected), actual in zip(released.model.state_dict().items(), trainer.model.state_dict().values(),
+                                        strict=True):
+        assert torch.equal(expected, actual), name
+    instruction = 'put the bowl on the stove'
+    assert trainer.tokens.prompt_ids(instruction) == released.tokens.prompt_ids(instruction)
+    trainer.run()
+    exported = load_checkpoint(tmp_path / 'fine-tune' / 'checkpoint')
+    assert exported.statistics == {'libero_goal_no_noops': trainer.statistics}
+    assert not torch.equal(exported.model.action_head.model.fc2.weight, released.model.action_head.model.fc2.weight)
