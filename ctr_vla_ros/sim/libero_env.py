@@ -35,6 +35,7 @@ class Observation:
     gripper_positions: np.ndarray  # (2,) finger joint positions, m
     success: bool
     object_positions: dict[str, np.ndarray]  # world positions of the task's objects, by name
+    joint_positions: np.ndarray  # (7,) arm joint angles, rad
 
 
 class LiberoSimulation:
@@ -56,17 +57,25 @@ class LiberoSimulation:
         self.task_id = task_id
         self.instruction: str = task.language
         self.init_states = self.benchmark.get_task_init_states(task_id)
-        bddl = os.path.join(get_libero_path('bddl_files'), task.problem_folder, task.bddl_file)
-        self.env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution, camera_widths=resolution)
+        self.task_name: str = task.name  # LIBERO's file stem, e.g. 'put_the_bowl_on_the_plate'
+        self.bddl_file = os.path.join(get_libero_path('bddl_files'), task.problem_folder, task.bddl_file)
+        self.env = OffScreenRenderEnv(bddl_file_name=self.bddl_file, camera_heights=resolution,
+                                      camera_widths=resolution)
         self.env.seed(seed)
         self.settle_steps = settle_steps
         self.init_state = init_state
 
-    def reset(self, init_state: int | None = None) -> Observation:
-        """Start an episode from one of the task's recorded initial states, then let objects settle."""
+    def reset(self, init_state: int | None = None, seed: int | None = None) -> Observation:
+        """Start an episode from one of the task's recorded initial states, then let objects settle.
+
+        LIBERO draws the fixtures' positions (cabinet, stove, rack: no free joint, so the recorded initial states do
+        not hold them) from numpy's global generator at every reset, so an episode depends on the resets before it.
+        A `seed` reseeds that generator first, which makes the episode depend on the seed alone."""
         if init_state is not None:
             self.init_state = init_state
         self.init_state %= len(self.init_states)
+        if seed is not None:
+            self.env.seed(seed)
         self.env.reset()
         raw = self.env.set_init_state(self.init_states[self.init_state])
         for _ in range(self.settle_steps):
@@ -87,7 +96,56 @@ class LiberoSimulation:
             success=bool(self.env.check_success()),
             object_positions={key.removesuffix('_pos'): np.array(value, dtype=np.float64)
                               for key, value in raw.items()
-                              if key.endswith('_pos') and not key.startswith('robot0') and '_to_' not in key})
+                              if key.endswith('_pos') and not key.startswith('robot0') and '_to_' not in key},
+            joint_positions=np.array(raw['robot0_joint_pos'], dtype=np.float64))
+
+    # Privileged state: what a scripted expert and a dataset recorder read, and a policy never sees.
+
+    @property
+    def goal(self) -> list[list[str]]:
+        """The task's goal predicates from its BDDL file, e.g. [['on', 'akita_black_bowl_1', 'plate_1']]."""
+        return self.env.env.parsed_problem['goal_state']
+
+    def problem_info(self) -> dict[str, str]:
+        """problem_name, domain_name and language_instruction of the BDDL file, as LIBERO's datasets store them."""
+        from libero.libero.envs.bddl_utils import get_problem_info
+        return get_problem_info(self.bddl_file)
+
+    def object_position(self, name: str) -> np.ndarray:
+        """World position of a BDDL object or fixture (e.g. 'akita_black_bowl_1'): its root body, as LIBERO's
+        predicates read it, m."""
+        return np.array(self.env.sim.data.body_xpos[self.env.env.obj_body_id[name]], dtype=np.float64)
+
+    def object_quaternion_xyzw(self, name: str) -> np.ndarray:
+        """World orientation of a BDDL object or fixture, x, y, z, w like the end-effector quaternion."""
+        w, x, y, z = self.env.sim.data.body_xquat[self.env.env.obj_body_id[name]]
+        return np.array([x, y, z, w], dtype=np.float64)
+
+    def body_position(self, body: str) -> np.ndarray:
+        """World position of any MuJoCo body by its model name (a drawer, a knob: 'flat_stove_1_button'), m."""
+        sim = self.env.sim
+        return np.array(sim.data.body_xpos[sim.model.body_name2id(body)], dtype=np.float64)
+
+    def site_position(self, site: str) -> np.ndarray:
+        """World position of a MuJoCo site (a BDDL region such as a burner or a cabinet's top), m."""
+        return np.array(self.env.sim.data.get_site_xpos(site), dtype=np.float64)
+
+    def joint_position(self, joint: str) -> float:
+        """Position of a 1-DoF joint (a drawer's slide in m, a knob's hinge in rad)."""
+        return float(self.env.sim.data.get_joint_qpos(joint))
+
+    def sim_state(self) -> np.ndarray:
+        """The flattened MuJoCo state (time, qpos, qvel), as LIBERO's datasets store it; `set_sim_state` replays it."""
+        return np.array(self.env.get_sim_state(), dtype=np.float64)
+
+    def model_xml(self) -> str:
+        """The MuJoCo model of this episode as XML. With `sim_state`, it replays an episode exactly: the fixtures'
+        positions are in the model, not in the state."""
+        return self.env.sim.model.get_xml()
+
+    def set_sim_state(self, state: np.ndarray) -> Observation:
+        """Put the simulation in a recorded state (no settling), e.g. to replay a dataset's `states`."""
+        return self._observation(self.env.set_init_state(state))
 
     def close(self) -> None:
         """Release the renderer. Call from the thread that created the simulation: MuJoCo's offscreen context
