@@ -44,7 +44,6 @@ class Episode:
     images: np.ndarray  # (T, num_images, H, W, 3) uint8 as stored (upside down), model order: agentview, wrist
     proprio: np.ndarray  # (T, 8): ee position (3), ee axis-angle (3), gripper finger positions (2)
     actions: np.ndarray  # (T, 7): delta position, delta axis-angle, gripper (1 = open, 0 = close)
-    name: str  # file and demo, for messages
 
 
 def noop_steps(actions: np.ndarray) -> np.ndarray:
@@ -66,14 +65,14 @@ def gripper_to_open_is_one(gripper: np.ndarray) -> np.ndarray:
     return 1.0 - np.clip(gripper, 0.0, 1.0)
 
 
-def make_episode(instruction: str, demonstration: Demonstration, name: str) -> Episode:
+def make_episode(instruction: str, demonstration: Demonstration) -> Episode:
     """One demonstration as stored -> an Episode (no-ops dropped, gripper converted)."""
     keep = ~noop_steps(demonstration.actions)
     actions = demonstration.actions[keep].astype(np.float64)
     actions[:, -1] = gripper_to_open_is_one(actions[:, -1])
     proprio = np.concatenate([demonstration.ee_states, demonstration.gripper_states], axis=1)[keep]
     images = np.stack([demonstration.agentview_rgb[keep], demonstration.eye_in_hand_rgb[keep]], axis=1)
-    return Episode(instruction, images, proprio.astype(np.float64), actions, name)
+    return Episode(instruction, images, proprio.astype(np.float64), actions)
 
 
 def episodes_from_files(paths: Sequence[str | Path]) -> list[Episode]:
@@ -81,8 +80,7 @@ def episodes_from_files(paths: Sequence[str | Path]) -> list[Episode]:
     episodes = []
     for path in paths:
         with DemoFileReader(path) as reader:
-            for name in reader.demo_names:
-                episodes.append(make_episode(reader.instruction, reader.read(name), f'{path}:{name}'))
+            episodes.extend(make_episode(reader.instruction, demonstration) for demonstration in reader)
     return episodes
 
 

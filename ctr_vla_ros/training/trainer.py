@@ -33,7 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 import numpy as np
 from tokenizers import Tokenizer
 import torch
@@ -50,9 +50,6 @@ from ctr_vla_ros.training.architectures import DEFAULT_PRESET, resolve_architect
 from ctr_vla_ros.training.augment import augment_images
 from ctr_vla_ros.training.dataset import (SampleSet, build_samples, dataset_statistics, episodes_from_files,
                                           split_episodes)
-
-matplotlib.use('Agg')
-from matplotlib import pyplot  # noqa: E402  (the backend must be chosen before pyplot is imported)
 
 STATE_FILE = 'training_state.pt'
 AUTOCAST_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
@@ -273,7 +270,8 @@ class Trainer:
 
     def write_history(self) -> None:
         (self.output / 'history.json').write_text(json.dumps(self.history))
-        figure, axes = pyplot.subplots(figsize=(8, 4.5))
+        figure = Figure(figsize=(8, 4.5))
+        axes = figure.subplots()
         if self.history['train']:
             steps, losses = np.array(self.history['train']).T
             axes.plot(steps, losses, color='tab:blue', alpha=0.25, linewidth=0.8, label='train (per batch)')
@@ -290,7 +288,6 @@ class Trainer:
         axes.legend()
         figure.tight_layout()
         figure.savefig(self.output / 'loss_curve.png', dpi=100)
-        pyplot.close(figure)
 
     def validation_point(self) -> None:
         """Validation point: validate, export, remember the best export, save the state and the curve."""
