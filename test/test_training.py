@@ -1,5 +1,5 @@
 """Training of the package's own OpenVLA-OFT: the batched forward, the LIBERO dataset, the loop, its checkpoints and
-the export. Nothing trains for real: tiny models, a hand-made HDF5 file, a few steps."""
+the export. Nothing trains for real: tiny models, small LIBERO HDF5 files written in tmp_path, a few steps."""
 
 import dataclasses
 import math
