@@ -65,9 +65,9 @@ def instruction_from_file_name(path: str | Path) -> str:
 
 
 class DemoFileWriter:
-    """Appends demonstrations to one task's file, each written and flushed as soon as it is added, so a killed
-    recording keeps every finished demo. A demo interrupted while being written has no `num_samples` yet (it is
-    written last) and is dropped when the file is opened again."""
+    """Appends demonstrations to one task's file. The file is open only while a demo is written and closed (flushed)
+    right after, so a killed recording keeps every finished demo. A demo interrupted while being written has no
+    `num_samples` yet (it is written last) and is dropped when the file is opened again."""
 
     def __init__(self, path: str | Path, problem_info: dict[str, str], bddl_file_content: str = '') -> None:
         self.path = Path(path)
@@ -118,7 +118,6 @@ class DemoFileWriter:
                 demo.attrs['init_state_index'] = demonstration.init_state_index
             demo.attrs['num_samples'] = length  # last: marks the demo complete
             _update_totals(data)
-            file.flush()
         return name
 
 

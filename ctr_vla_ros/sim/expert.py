@@ -138,15 +138,18 @@ class LiberoGoalExpert:
 
     # Scripts.
 
-    def _place_bowl(self, target: PlaceTarget) -> Generator[np.ndarray, None, None]:
+    def _place_bowl(self, target: PlaceTarget) -> Motion:
         simulation = self.simulation
+
+        def grasp_point() -> np.ndarray:
+            return simulation.object_position(BOWL) + BOWL_GRASP_OFFSET
+
         self.yaw = BOWL_GRASP_YAW
         for _ in range(GRASP_ATTEMPTS):
             rest_height = simulation.object_position(BOWL)[2]
-            grasp_point = lambda: simulation.object_position(BOWL) + BOWL_GRASP_OFFSET  # noqa: E731
             yield from self._grasp('bowl', grasp_point)
             lift_point = self.observation.eef_position + [0.0, 0.0, LIFT]
-            yield from self._move_to('lift the bowl', CLOSED, PASS_THROUGH, CAREFUL_SPEED, lambda: lift_point)
+            yield from self._move_to('lift the bowl', CLOSED, PASS_THROUGH, CAREFUL_SPEED, lift_point)
             if simulation.object_position(BOWL)[2] - rest_height < HELD_RISE:
                 yield from self._release_and_back_off()  # the fingers missed the wall or it slipped out: again
                 continue
@@ -157,21 +160,22 @@ class LiberoGoalExpert:
             # swing in the fingers and overshoot.
             grip_offset = self.observation.eef_position - simulation.object_position(BOWL)
             lift_point = np.array([*self.observation.eef_position[:2], carry_height + grip_offset[2]])
-            yield from self._move_to('lift to carry height', CLOSED, PASS_THROUGH, CRUISE_SPEED, lambda: lift_point)
+            yield from self._move_to('lift to carry height', CLOSED, PASS_THROUGH, CRUISE_SPEED, lift_point)
             carry_point = np.array([*destination[:2], carry_height]) + grip_offset
-            yield from self._move_to('carry over the destination', CLOSED, PASS_THROUGH, CRUISE_SPEED,
-                                     lambda: carry_point)
+            yield from self._move_to('carry over the destination', CLOSED, PASS_THROUGH, CRUISE_SPEED, carry_point)
             if simulation.object_position(BOWL)[2] < carry_height - LIFT:
                 continue  # the bowl slipped out on the way: pick it up again
             release_point = destination + [0.0, 0.0, RELEASE_HEIGHT] + grip_offset
-            yield from self._move_to('lower onto the destination', CLOSED, PRECISE, CAREFUL_SPEED,
-                                     lambda: release_point)
+            yield from self._move_to('lower onto the destination', CLOSED, PRECISE, CAREFUL_SPEED, release_point)
             yield from self._release_and_back_off()
             return
 
-    def _turn_on_knob(self, knob: str) -> Generator[np.ndarray, None, None]:
+    def _turn_on_knob(self, knob: str) -> Motion:
         simulation = self.simulation
-        grasp_point = lambda: simulation.body_position(knob) + [0.0, 0.0, KNOB_GRIP_HEIGHT]  # noqa: E731
+
+        def grasp_point() -> np.ndarray:
+            return simulation.body_position(knob) + [0.0, 0.0, KNOB_GRIP_HEIGHT]
+
         for _ in range(GRASP_ATTEMPTS):
             start_angle = simulation.joint_position(knob)
             self.yaw = start_angle  # fingers across the ridge
@@ -198,15 +202,15 @@ class LiberoGoalExpert:
     def _release_and_back_off(self) -> Motion:
         yield from self._hold('release', OPEN, GRIPPER_STEPS)
         back_off_point = self.observation.eef_position + [0.0, 0.0, HOVER]
-        yield from self._move_to('back off', OPEN, PASS_THROUGH, CAREFUL_SPEED, lambda: back_off_point)
+        yield from self._move_to('back off', OPEN, PASS_THROUGH, CAREFUL_SPEED, back_off_point)
 
     def _move_to(self, phase: str, gripper: float, tolerance: float, speed: float,
-                 target: Callable[[], np.ndarray]) -> Motion:
-        """Move the grip site to `target` (re-evaluated every step: objects move), or give up after MOVE_TIMEOUT
-        steps (the script's checks then find out what went wrong)."""
+                 target: np.ndarray | Callable[[], np.ndarray]) -> Motion:
+        """Move the grip site to `target` (a point, or a function re-evaluated every step for a point that follows
+        an object), or give up after MOVE_TIMEOUT steps (the script's checks then find out what went wrong)."""
         self.phase = phase
         for _ in range(MOVE_TIMEOUT):
-            self.waypoint = target()
+            self.waypoint = target() if callable(target) else target
             if np.linalg.norm(self.waypoint - self.observation.eef_position) < tolerance:
                 return
             yield self._move_action(self.waypoint, gripper, speed)

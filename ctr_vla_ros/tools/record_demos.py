@@ -104,10 +104,11 @@ def record(task_ids: list[int], init_states: list[int], output: Path, resolution
                 progress.set_description(f'task {task_id} init {init_state}')
                 episode = run_episode(simulation, init_state, max_steps, keep_frames=True)
                 if episode.success:
-                    writer.write(episode.demonstration)
+                    name = writer.write(episode.demonstration)
                     episode.demonstration = None  # written: free the frames
+                    tqdm.write(f'{_outcome(episode)}, written as {name}')
                 else:
-                    tqdm.write(f'task {task_id} init state {init_state}: no success in {max_steps} steps, skipped')
+                    tqdm.write(f'{_outcome(episode)}, not written')
                 episodes.append(episode)
                 progress.update()
         finally:
@@ -126,11 +127,17 @@ def measure(task_ids: list[int], init_states: list[int], max_steps: int) -> list
             for init_state in init_states:
                 progress.set_description(f'task {task_id} init {init_state}')
                 episodes.append(run_episode(simulation, init_state, max_steps, keep_frames=False))
+                tqdm.write(_outcome(episodes[-1]))  # one line per episode: a killed run still leaves its figures
                 progress.update()
         finally:
             simulation.close()
     progress.close()
     return episodes
+
+
+def _outcome(episode: Episode) -> str:
+    result = f'success in {episode.steps} steps' if episode.success else f'no success in {episode.steps} steps'
+    return f'task {episode.task_id} init state {episode.init_state}: {result}'
 
 
 def summarize(episodes: list[Episode]) -> dict[int, dict]:
@@ -174,9 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         episodes = record(args.tasks, args.init_states, args.output, args.resolution, args.max_steps)
     summary = summarize(episodes)
+    if not summary:
+        print('nothing to run: every demo is already recorded')
     for task_id, task in summary.items():
-        print(f'task {task_id}: {task["successes"]}/{task["episodes"]} successful, episode length mean '
-              f'{task["steps_mean"]} (min {task["steps_min"]}, max {task["steps_max"]}), '
+        lengths = (f'episode length mean {task["steps_mean"]:.1f} (min {task["steps_min"]}, max {task["steps_max"]})'
+                   if task['successes'] else 'no success')
+        print(f'task {task_id}: {task["successes"]}/{task["episodes"]} successful, {lengths}, '
               f'failed initial states {task["failed_init_states"]}')
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
