@@ -1,11 +1,15 @@
 """LIBERO's demonstration files: the writer's layout is the official one, and what it writes reads back exactly."""
 
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 h5py = pytest.importorskip('h5py')
+from ctr_vla_ros.data import libero_hdf5  # noqa: E402
 from ctr_vla_ros.data.libero_hdf5 import (  # noqa: E402
     DemoFileReader, DemoFileWriter, Demonstration, demo_file_name, instruction_from_file_name)
 
@@ -97,6 +101,21 @@ def test_a_demo_interrupted_while_written_is_dropped_on_reopening(tmp_path):
     assert writer.write(random_demonstration(2, seed=5, init_state_index=1)) == 'demo_1'
     with DemoFileReader(path) as reader:
         assert [len(demonstration) for demonstration in reader] == [3, 2]
+
+
+def test_writer_waits_while_another_process_has_the_file_open(tmp_path, monkeypatch):
+    path = tmp_path / 'put_the_bowl_on_the_plate_demo.hdf5'
+    writer = DemoFileWriter(path, PROBLEM_INFO)
+    monkeypatch.setattr(libero_hdf5, 'LOCKED_FILE_POLL', 0.1)
+    reader = subprocess.Popen([sys.executable, '-c', f"import h5py, time; file = h5py.File({str(path)!r}, 'r'); "
+                               "print('open', flush=True); time.sleep(2)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline() == 'open\n'
+        start = time.monotonic()
+        assert writer.write(random_demonstration(2, seed=6, init_state_index=0)) == 'demo_0'
+        assert time.monotonic() - start > 0.5, 'the reader held the file: the writer had to wait'
+    finally:
+        reader.wait()
 
 
 def test_names_follow_the_official_files():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,8 @@ import numpy as np
 IMAGE_COMPRESSION = 'gzip'  # readable by every HDF5 build (lzf needs h5py's filter)
 IMAGE_COMPRESSION_LEVEL = 4
 OBSERVATION_KEYS = ('agentview_rgb', 'eye_in_hand_rgb', 'ee_states', 'gripper_states', 'joint_states')
+LOCKED_FILE_WAIT = 600.0  # s a writer waits for readers to close the file (HDF5 locks it while open)
+LOCKED_FILE_POLL = 5.0  # s
 
 
 @dataclasses.dataclass
@@ -72,7 +75,7 @@ class DemoFileWriter:
     def __init__(self, path: str | Path, problem_info: dict[str, str], bddl_file_content: str = '') -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(self.path, 'a') as file:
+        with _open_for_appending(self.path) as file:
             data = file.require_group('data')
             data.attrs['problem_info'] = json.dumps(problem_info)
             data.attrs['macros_image_convention'] = 'opengl'  # images upside down, as LIBERO's datasets store them
@@ -91,7 +94,7 @@ class DemoFileWriter:
     def write(self, demonstration: Demonstration) -> str:
         """Add one demonstration as the next demo_N; returns its name."""
         length = len(demonstration)
-        with h5py.File(self.path, 'a') as file:
+        with _open_for_appending(self.path) as file:
             data = file['data']
             name = f'demo_{len(data)}'
             demo = data.create_group(name)
@@ -119,6 +122,19 @@ class DemoFileWriter:
             demo.attrs['num_samples'] = length  # last: marks the demo complete
             _update_totals(data)
         return name
+
+
+def _open_for_appending(path: Path) -> h5py.File:
+    """Open for writing, waiting while another process (a training job, an inspection) has the file open: HDF5
+    refuses a writer then, and a recording should not die of it after computing an episode."""
+    deadline = time.monotonic() + LOCKED_FILE_WAIT
+    while True:
+        try:
+            return h5py.File(path, 'a')
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(LOCKED_FILE_POLL)
 
 
 def _update_totals(data: h5py.Group) -> None:
