@@ -25,6 +25,7 @@ setup(
         'console_scripts': [
             'ctr-vla-predict = ctr_vla_ros.tools.predict:main',
             'ctr-vla-make-checkpoint = ctr_vla_ros.tools.make_checkpoint:main',
+            'ctr-vla-train = ctr_vla_ros.tools.train:main',
             'ctr_vla_policy = ctr_vla_ros.nodes.policy_node:main',
             'ctr_vla_diagnostics = ctr_vla_ros.nodes.diagnostics_node:main',
             'ctr_vla_kinova_adapter = ctr_vla_ros.adapters.kinova:main',

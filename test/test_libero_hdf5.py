@@ -5,13 +5,12 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
-import pytest
 
-h5py = pytest.importorskip('h5py')
-from ctr_vla_ros.data import libero_hdf5  # noqa: E402
-from ctr_vla_ros.data.libero_hdf5 import (  # noqa: E402
-    DemoFileReader, DemoFileWriter, Demonstration, demo_file_name, instruction_from_file_name)
+from ctr_vla_ros.data import libero_hdf5
+from ctr_vla_ros.data.libero_hdf5 import (DemoFileReader, DemoFileWriter, Demonstration, demo_file_name,
+                                          instruction_from_file_name)
 
 PROBLEM_INFO = {'problem_name': 'libero_tabletop_manipulation', 'domain_name': 'robosuite',
                 'language_instruction': 'put the bowl on the plate'}

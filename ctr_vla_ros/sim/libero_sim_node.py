@@ -47,7 +47,8 @@ PARAMETERS = CAMERA_TOPIC_PARAMETERS + ROBOT_TOPIC_PARAMETERS + [
                   minimum=0.0),
     ParameterSpec('world_frame', 'world', 'frame of the published pose'),
     ParameterSpec('camera_frames', ['agentview_camera', 'wrist_camera'], 'frame ids of the two cameras', length=2),
-    ParameterSpec('seed', 0, 'environment seed', minimum=0),
+    ParameterSpec('seed', 0, 'episodes are seeded with seed + initial state (fixture positions depend on it alone)',
+                  minimum=0),
 ]
 START_TIME = 1.0  # s: simulation time of the first observation (0 would read as "no time yet")
 
@@ -143,7 +144,10 @@ class LiberoSimNode(Node):
         return stamp >= self.time - 1e-6
 
     def start_episode(self, init_state: int) -> Observation:
-        observation = self.sim.reset(init_state)
+        # LIBERO places the fixtures from numpy's global generator at every reset: seeding each episode makes it
+        # depend on its initial state alone, not on the episodes before it (the expert's demonstrations are seeded
+        # the same way).
+        observation = self.sim.reset(init_state, seed=self.settings['seed'] + init_state)
         self.step = self.commanded_steps = self.hold_steps = 0
         self.gripper = -1.0
         self.done = False
