@@ -61,8 +61,10 @@ test-ros: setup setup-sim
 # demo_output/ (GIF, contact sheet of the reuse overlays, summary). CHECKPOINT=DIR for a real OpenVLA-OFT checkpoint.
 DEMO_STEPS ?= 120
 CHECKPOINT ?=
+DEMO_ARGS ?=
 demo: setup setup-sim
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.demo --steps $(DEMO_STEPS) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.demo --steps $(DEMO_STEPS) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+	    $(DEMO_ARGS)
 
 # A policy trained here (long CPU jobs, each resumable: run them with nohup and rerun to continue). The scripted
 # expert's demonstrations of LIBERO-Goal tasks in LIBERO's HDF5 layout (initial states 0-39; 40-49 are held out),

@@ -120,6 +120,9 @@ class LiberoSimNode(Node):
                 command = self.command if self._command_for_now() else None
                 reset, self.reset_requested = self.reset_requested, False
             if reset:
+                # The new episode's first observation gets a time of its own: no command stamped for the last
+                # episode can count as the command for the new one.
+                self.time += CONTROL_PERIOD
                 observation = self.start_episode(self.sim.init_state + 1)
                 continue
             if self.done:

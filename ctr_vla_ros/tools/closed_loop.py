@@ -86,18 +86,18 @@ class ClosedLoopClient:
         if not self.call(SetBool, '/ctr_vla_policy/enable', SetBool.Request(data=enabled), timeout).success:
             raise RuntimeError('enabling the policy failed' if enabled else 'disabling the policy failed')
 
-    def next_episode(self) -> None:
-        """The simulation's next initial state, with a policy that starts fresh: disabled while the simulation
-        resets (no chunk computed from the last episode's frames can reach the new one), reset (queued chunk
-        dropped, CTR keyframe), and enabled again once the new episode's first observation is out."""
+    def next_episode(self, init_state: int) -> None:
+        """The simulation's next initial state (`init_state`), with a policy that starts fresh: disabled while the
+        simulation resets (no chunk computed from the last episode's frames can reach the new one), reset (queued
+        chunk dropped, CTR keyframe), and enabled again once the new episode's first observation is out."""
         from std_srvs.srv import Trigger
         self.enable_policy(False)
         self.call(Trigger, '/ctr_vla_policy/reset', Trigger.Request())
         with self.lock:
             self.status = None
         self.call(Trigger, '/ctr_vla_libero_sim/reset', Trigger.Request())
-        self.wait_until(lambda status: status is not None and status.step == 0 and not status.done, 120.0,
-                        'the next episode')
+        self.wait_until(lambda status: status is not None and status.init_state == init_state and not status.done,
+                        120.0, f'the episode from initial state {init_state}')
         self.enable_policy()
 
     def wait_until(self, condition: Callable[[Any], bool], timeout: float, what: str,

@@ -8,6 +8,8 @@ launch file applies for robot:=sim (config/robot_sim.yaml, the checkpoint and us
 given, a tiny RANDOM-WEIGHT checkpoint is generated: the arm then moves meaninglessly, and the summary says so.
 
     python -m ctr_vla_ros.tools.demo [--checkpoint DIR] [--steps 120] [--output demo_output]
+    python -m ctr_vla_ros.tools.demo --checkpoint models/libero_goal_small --unnorm-key libero_goal_no_noops \
+        --suite libero_goal --task 8 --init-state 40 --resolution 128 --steps 200
 """
 
 from __future__ import annotations
@@ -142,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--steps', type=int, default=120, help='simulation steps in the episode')
     parser.add_argument('--output', type=Path, default=REPO / 'demo_output')
     parser.add_argument('--timeout', type=float, default=540.0, help='wall-clock limit for the episode (s)')
+    parser.add_argument('--unnorm-key', help="the checkpoint's dataset statistics key (default: the parameter file's)")
+    parser.add_argument('--suite', help='LIBERO suite (default: the parameter file\'s)')
+    parser.add_argument('--task', type=int, help='task in the suite (default: the parameter file\'s)')
+    parser.add_argument('--init-state', type=int, help='initial state (default: the parameter file\'s)')
+    parser.add_argument('--resolution', type=int, help='camera size; a trained checkpoint wants its training data\'s')
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
@@ -158,7 +165,14 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     policy = {'checkpoint': str(checkpoint), **(RANDOM_WEIGHT_OVERRIDES if random_weights else {})}
-    processes = start_simulation_stack(logs, policy, {'max_steps': args.steps}, diagnostics={'overlay_scale': 1})
+    if args.unnorm_key:
+        policy['unnorm_key'] = args.unnorm_key
+    simulation = {'max_steps': args.steps}
+    for name, value in (('suite', args.suite), ('task_id', args.task), ('init_state', args.init_state),
+                        ('resolution', args.resolution)):
+        if value is not None:
+            simulation[name] = value
+    processes = start_simulation_stack(logs, policy, simulation, diagnostics={'overlay_scale': 1})
     recorder = Recorder()
     codes: dict[str, int] = {}
     try:

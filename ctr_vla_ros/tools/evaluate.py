@@ -107,7 +107,7 @@ def run_task(args: argparse.Namespace, config_name: str, task_id: int, init_stat
         client.enable_policy()
         for index, init_state in enumerate(init_states):
             if index:
-                client.next_episode()
+                client.next_episode(init_state)
             with client.lock:
                 client.stats.clear()
             status = client.wait_until(lambda status: status is not None and status.done,
