@@ -29,7 +29,7 @@ import numpy as np
 from ctr_vla_ros.control.chunk_execution import EXECUTION_MODES
 from ctr_vla_ros.tools.bench_ctr import load_sequence
 from ctr_vla_ros.tools.benchmarking import machine_description, write_results
-from ctr_vla_ros.tools.node_processes import REPO, NodeProcess, network_safe_environment
+from ctr_vla_ros.tools.node_processes import REPO, NodeProcess, interrupt_on_sigterm, network_safe_environment
 
 CAMERA_RATE = 30.0
 CONTROL_PERIOD = 0.05  # s: the parameter file's control_rate, 20 Hz
@@ -51,6 +51,7 @@ def measure(checkpoint: Path, sequence: dict[str, Any], mode: str, seconds: floa
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
+    from rclpy.signals import SignalHandlerOptions
     from ctr_vla_ros_msgs.msg import ActionChunk, EndEffectorDelta
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float64MultiArray, Header, String
@@ -61,7 +62,7 @@ def measure(checkpoint: Path, sequence: dict[str, Any], mode: str, seconds: floa
     policy = NodeProcess('ctr_vla_policy', overrides={'checkpoint': str(checkpoint), 'proprio_source': 'state',
                                                       'execution_mode': mode, 'requery_remaining': 4})
     context = rclpy.Context()
-    rclpy.init(context=context)
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)  # Ctrl-C reaches `finally`
     node = rclpy.create_node('bench_node_driver', context=context)
     chunks: list[tuple[float, Any]] = []
     deltas: list[tuple[float, Any]] = []
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--seconds', type=float, default=30.0, help='measured time per execution mode')
     args = parser.parse_args(argv)
     os.environ.update(network_safe_environment())
+    interrupt_on_sigterm()
 
     sequence = load_sequence(args.sequence)
     results = {'checkpoint': args.checkpoint.name, 'machine': machine_description(), 'seconds': args.seconds,

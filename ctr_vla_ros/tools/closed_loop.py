@@ -36,11 +36,14 @@ class ClosedLoopClient:
     def __init__(self, name: str) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
         from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, SimStatus
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        # rclpy's own handler would turn Ctrl-C into a shut-down context and the tool would wait on; without it,
+        # Ctrl-C raises KeyboardInterrupt and the tool's cleanup stops the nodes it started.
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node(name, context=self.context)
         self.lock = threading.Lock()
         self.status: Any = None

@@ -28,7 +28,7 @@ from PIL import Image as PilImage
 
 from ctr_vla_ros.model.random_checkpoint import demo_checkpoint
 from ctr_vla_ros.tools.closed_loop import ClosedLoopClient, start_simulation_stack
-from ctr_vla_ros.tools.node_processes import REPO, interrupt_all, network_safe_environment
+from ctr_vla_ros.tools.node_processes import REPO, interrupt_all, interrupt_on_sigterm, network_safe_environment
 
 TILE = 224
 
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     os.environ.update(network_safe_environment())  # for the demo's own ROS node
+    interrupt_on_sigterm()
     args.output.mkdir(parents=True, exist_ok=True)
     logs = args.output / 'logs'
     logs.mkdir(exist_ok=True)
@@ -172,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                         ('resolution', args.resolution)):
         if value is not None:
             simulation[name] = value
-    processes = start_simulation_stack(logs, policy, simulation, diagnostics={'overlay_scale': 1})
     recorder = Recorder()
+    processes = []
     codes: dict[str, int] = {}
     try:
+        processes = start_simulation_stack(logs, policy, simulation, diagnostics={'overlay_scale': 1})
         recorder.enable_policy(timeout=120)
         with tqdm(total=args.steps, desc='episode', unit='step', mininterval=1.0) as progress:
             def show(status: Any) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
 from ctr_vla_ros.tools.benchmarking import RESULTS_DIR, machine_description
 from ctr_vla_ros.tools.closed_loop import ClosedLoopClient, start_simulation_stack
-from ctr_vla_ros.tools.node_processes import interrupt_all, network_safe_environment
+from ctr_vla_ros.tools.node_processes import interrupt_all, interrupt_on_sigterm, network_safe_environment
 
 # The configurations an evaluation can compare: the presets, and the paper's switch ablation.
 CONFIGS: dict[str, CtrConfig] = {
@@ -100,9 +100,10 @@ def run_task(args: argparse.Namespace, config_name: str, task_id: int, init_stat
     policy = {'checkpoint': str(args.checkpoint), 'unnorm_key': args.unnorm_key, 'ctr': config}
     simulation = {'suite': args.suite, 'task_id': task_id, 'init_state': init_states[0],
                   'max_steps': args.max_steps, 'resolution': args.resolution}
-    processes = start_simulation_stack(logs, policy, simulation)
     client = ClosedLoopClient('ctr_vla_evaluation')
+    processes = []
     try:
+        processes = start_simulation_stack(logs, policy, simulation)
         first = client.wait_until(lambda status: status is not None, 300.0, 'the simulation to start')
         client.enable_policy()
         for index, init_state in enumerate(init_states):
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if 'off' not in args.configs:
         args.configs.insert(0, 'off')  # the speed-up is measured against it, in the same run
     os.environ.update(network_safe_environment())
+    interrupt_on_sigterm()
     output = args.output or RESULTS_DIR / f'eval_{args.checkpoint.name}.json'
     logs = args.logs or Path(tempfile.mkdtemp(prefix='ctr_vla_eval_'))
     logs.mkdir(parents=True, exist_ok=True)

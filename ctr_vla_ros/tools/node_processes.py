@@ -28,6 +28,12 @@ def robot_config(robot: str) -> Path:
     return REPO / 'config' / f'robot_{robot}.yaml'
 
 
+def interrupt_on_sigterm() -> None:
+    """A tool stopped with SIGTERM (kill, a job's timeout) cleans up as on Ctrl-C: the node processes it started
+    are stopped by its `finally` blocks instead of being left running."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def network_safe_environment() -> dict[str, str]:
     """This process's environment with ROS discovery on loopback and a ROS domain (kept if already set)."""
     environment = dict(os.environ)
