@@ -2,11 +2,12 @@
 and RViz.
 
     ros2 launch ctr_vla_ros bringup.launch.py [config:=FILE] [checkpoint:=DIR] [robot:=sim|kinova|franka|none]
-                                              [rviz:=true|false]
+                                              [rviz:=true|false] [record:=true|false] [ctr_params:=FILE]
 
 Every node reads the same parameter file (`config`), then the robot setup's file (config/robot_<robot>.yaml: the
 robot's node, and the policy's execution mode and clamps for that robot); `checkpoint` overrides the policy's
-checkpoint. Motion stays disabled until `ros2 service call /ctr_vla_policy/enable std_srvs/srv/SetBool
+checkpoint; `ctr_params` is read last by the policy (e.g. the `ctr:` settings `ctr-vla-sweep` recommends).
+`record:=true` also starts the recorder (MCAP files of the policy's inputs and outputs). Motion stays disabled until `ros2 service call /ctr_vla_policy/enable std_srvs/srv/SetBool
 "{data: true}"`.
 """
 
@@ -35,10 +36,17 @@ def generate_launch_description() -> LaunchDescription:
                               description='what executes the deltas'),
         DeclareLaunchArgument('rviz', default_value='true', choices=['true', 'false'],
                               description='start RViz with the camera and overlay views'),
+        DeclareLaunchArgument('record', default_value='false', choices=['true', 'false'],
+                              description="record the policy's inputs and outputs to MCAP files"),
+        DeclareLaunchArgument('ctr_params', default_value=config,
+                              description='parameter file the policy reads last (default: `config` again)'),
         Node(package='ctr_vla_ros', executable='ctr_vla_policy', name='ctr_vla_policy', output='screen',
-             parameters=[config, robot_config, {'checkpoint': LaunchConfiguration('checkpoint')}, sim_time]),
+             parameters=[config, robot_config, LaunchConfiguration('ctr_params'),
+                         {'checkpoint': LaunchConfiguration('checkpoint')}, sim_time]),
         Node(package='ctr_vla_ros', executable='ctr_vla_diagnostics', name='ctr_vla_diagnostics', output='screen',
              parameters=[config, sim_time]),
+        Node(package='ctr_vla_ros', executable='ctr_vla_recorder', name='ctr_vla_recorder', output='screen',
+             parameters=[config, sim_time], condition=IfCondition(LaunchConfiguration('record'))),
         Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
              arguments=['-d', str(share / 'config' / 'ctr_vla.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),

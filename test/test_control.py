@@ -5,12 +5,13 @@ import pytest
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from ctr_vla_ros.control.camera_image import ImageError, image_to_rgb
 from ctr_vla_ros.control.chunk_execution import ActionConvention, ChunkExecutor, DeltaLimits
 from ctr_vla_ros.control.frame_pairing import FramePairer
 from ctr_vla_ros.control.robot_state import check_state_range, libero_state, quaternion_to_axis_angle
 from ctr_vla_ros.ctr.mask import PatchState
 from ctr_vla_ros.ctr.overlay import BORDER_COLORS, REUSED_BLEND, REUSED_TINT, draw_overlay
-from ctr_vla_ros.nodes.image_conversion import ImageError, image_to_rgb, rgb_to_image
+from ctr_vla_ros.nodes.image_conversion import rgb_to_image
 
 
 def test_frame_pairer_matches_within_tolerance_and_prefers_the_newest():

@@ -12,7 +12,8 @@ from std_msgs.msg import Header  # noqa: E402
 
 from ctr_vla_ros.ctr.overlay import REUSED_BLEND, REUSED_TINT  # noqa: E402
 from ctr_vla_ros.model.preprocess import prepare_image  # noqa: E402
-from ctr_vla_ros.nodes.image_conversion import image_to_rgb, rgb_to_image  # noqa: E402
+from ctr_vla_ros.control.camera_image import image_to_rgb  # noqa: E402
+from ctr_vla_ros.nodes.image_conversion import rgb_to_image  # noqa: E402
 from helpers.ros_harness import Driver, wait_until  # noqa: E402
 from ctr_vla_ros.tools.node_processes import NodeProcess  # noqa: E402
 

@@ -16,6 +16,7 @@ CONFIG = REPO / 'config' / 'ctr_vla.yaml'
 NODE_MODULES = {
     'ctr_vla_policy': 'ctr_vla_ros.nodes.policy_node',
     'ctr_vla_diagnostics': 'ctr_vla_ros.nodes.diagnostics_node',
+    'ctr_vla_recorder': 'ctr_vla_ros.nodes.recorder_node',
     'ctr_vla_kinova_adapter': 'ctr_vla_ros.adapters.kinova',
     'ctr_vla_franka_adapter': 'ctr_vla_ros.adapters.franka',
     'ctr_vla_libero_sim': 'ctr_vla_ros.sim.libero_sim_node',
@@ -41,7 +42,7 @@ def test_every_launched_node_is_an_installed_executable():
     tree = ast.parse(LAUNCH_FILE.read_text())
     scripts = console_scripts()
     nodes = calls(tree, 'Node')
-    assert len(nodes) == 6
+    assert len(nodes) == 7
     for node in nodes:
         package, executable, name = (keyword(node, key) for key in ('package', 'executable', 'name'))
         if package == 'rviz2':
@@ -56,7 +57,7 @@ def test_every_launched_node_is_an_installed_executable():
 def test_every_launch_configuration_is_a_declared_argument():
     tree = ast.parse(LAUNCH_FILE.read_text())
     declared = {ast.literal_eval(call.args[0]) for call in calls(tree, 'DeclareLaunchArgument')}
-    assert declared == {'config', 'checkpoint', 'robot', 'rviz'}
+    assert declared == {'config', 'checkpoint', 'robot', 'rviz', 'record', 'ctr_params'}
     used = {ast.literal_eval(call.args[0]) for call in calls(tree, 'LaunchConfiguration')}
     used |= {ast.literal_eval(call.args[0]) for call in calls(tree, 'LaunchConfigurationEquals')}
     assert used <= declared

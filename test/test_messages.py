@@ -34,7 +34,10 @@ def action_chunk() -> msgs.ActionChunk:
     actions = [0.01 * i - 0.2 for i in range(56)]
     return msgs.ActionChunk(
         header=header('base_link'), chunk_id=3, horizon=8, action_dim=7, control_period=0.05,
-        actions=actions, normalized_actions=[a * 3.0 for a in actions], model_name='openvla-oft',
+        actions=actions, normalized_actions=[a * 3.0 for a in actions],
+        camera_stamps=[Time(sec=1_700_000_123, nanosec=456_789_000), Time(sec=1_700_000_123, nanosec=470_000_000)],
+        proprio=[0.1, -0.2, 1.05, 3.1, 0.02, -0.01, 0.039, -0.039],
+        instruction='put the bowl on the plate', model_name='openvla-oft',
         checkpoint='openvla-7b-oft-finetuned-libero-spatial', unnorm_key='libero_spatial_no_noops',
         observation_age=0.015, inference_latency=0.123)
 

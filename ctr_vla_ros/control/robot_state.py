@@ -41,3 +41,22 @@ def check_state_range(state: np.ndarray, statistics: dict[str, Any], margin: flo
         details = ', '.join(f'[{index}]={state[index]:.4f} not in [{low[index]:.4f}, {high[index]:.4f}]'
                             for index in outside)
         raise ValueError(f'state out of the trained range: {details}')
+
+
+def axis_angle_to_quaternion(axis_angle: np.ndarray) -> np.ndarray:
+    """Unit quaternion (x, y, z, w) of a rotation vector (axis * angle, radians)."""
+    vector = np.asarray(axis_angle, dtype=np.float64)
+    angle = float(np.linalg.norm(vector))
+    if angle < 1e-12:
+        return np.array([0.0, 0.0, 0.0, 1.0])
+    return np.concatenate([vector / angle * np.sin(angle / 2.0), [np.cos(angle / 2.0)]])
+
+
+def quaternion_multiply(left_xyzw: np.ndarray, right_xyzw: np.ndarray) -> np.ndarray:
+    """The Hamilton product left * right (apply `right`, then `left`), x, y, z, w order."""
+    x1, y1, z1, w1 = left_xyzw
+    x2, y2, z2, w2 = right_xyzw
+    return np.array([w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                     w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+                     w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+                     w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2])

@@ -80,9 +80,37 @@ class CtrConfig:
         return build_dataclass(cls, values, 'ctr')
 
     @classmethod
-    def from_yaml(cls, path: str | Path, section: str | None = 'ctr') -> CtrConfig:
+    def from_parameters(cls, values: dict[str, Any], prefix: str = 'ctr.') -> CtrConfig:
+        """From flat node parameters ({'ctr.top_k': 160, 'checkpoint': ...}): the ones under `prefix`."""
+        return cls.from_dict({name[len(prefix):]: value for name, value in values.items() if name.startswith(prefix)})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, node: str = 'ctr_vla_policy') -> CtrConfig:
+        """The `ctr:` section of a YAML file: a node parameter file (<node>: ros__parameters: ctr:) or a plain one
+        (ctr: at the top). Settings it does not name keep their defaults."""
         data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict(data.get(section, {}) if section else data)
+        if node in data:
+            data = data[node].get('ros__parameters', {})
+        return cls.from_dict(data.get('ctr', {}))
+
+    def to_parameters_yaml(self, node: str = 'ctr_vla_policy', comment: str = '') -> str:
+        """A parameter file that sets exactly these settings on the node (read after the others: `--params-file`,
+        or the launch file's `ctr_params`). Doubles keep a decimal point, as ROS parameter files require."""
+        lines = [f'# {line}'.rstrip() for line in comment.splitlines()]
+        lines += [f'{node}:', '  ros__parameters:', '    ctr:']
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool):
+                text = 'true' if value else 'false'
+            elif isinstance(value, float):
+                text = f'{value:.6f}'.rstrip('0')
+                text += '0' if text.endswith('.') else ''
+            elif isinstance(value, str):
+                text = f"'{value}'"
+            else:
+                text = str(value)
+            lines.append(f'      {field.name}: {text}')
+        return '\n'.join(lines) + '\n'
 
 
 # Documented presets (see the README's CTR settings). Every preset spells out what it changes, so a change of the

@@ -23,7 +23,8 @@ from sensor_msgs.msg import Image
 
 from ctr_vla_ros.ctr.overlay import draw_overlay
 from ctr_vla_ros.model.preprocess import prepare_image
-from ctr_vla_ros.nodes.image_conversion import ImageError, image_to_rgb, rgb_to_image
+from ctr_vla_ros.control.camera_image import ImageError, image_to_rgb
+from ctr_vla_ros.nodes.image_conversion import rgb_to_image
 from ctr_vla_ros.nodes.parameters import (CAMERA_TOPIC_PARAMETERS, MODEL_VIEW_PARAMETERS, ParameterSpec,
                                           declare)
 from ctr_vla_ros.nodes.runtime import run

@@ -7,6 +7,8 @@ import math
 from builtin_interfaces.msg import Time
 from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, EndEffectorDelta, ReuseMask
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
+from nav_msgs.msg import Path
 import numpy as np
 from std_msgs.msg import Header
 
@@ -26,14 +28,31 @@ def end_effector_delta(command: Command, stamp: Time, frame_id: str, control_per
         chunk_id=command.chunk_id, index_in_chunk=command.index_in_chunk, control_period=control_period)
 
 
-def action_chunk(prediction: Prediction, chunk_id: int, header: Header, control_period: float, checkpoint: str,
-                 unnorm_key: str, observation_age: float, inference_latency: float) -> ActionChunk:
+def action_chunk(prediction: Prediction, chunk_id: int, header: Header, control_period: float,
+                 camera_stamps: list[Time], proprio: np.ndarray, instruction: str, checkpoint: str, unnorm_key: str,
+                 observation_age: float, inference_latency: float) -> ActionChunk:
     horizon, action_dim = prediction.actions.shape
     return ActionChunk(
         header=header, chunk_id=chunk_id, horizon=horizon, action_dim=action_dim, control_period=control_period,
         actions=prediction.actions.ravel().tolist(), normalized_actions=prediction.normalized_actions.ravel().tolist(),
+        camera_stamps=camera_stamps, proprio=np.asarray(proprio, dtype=np.float64).tolist(), instruction=instruction,
         model_name='openvla-oft', checkpoint=checkpoint, unnorm_key=unnorm_key, observation_age=observation_age,
         inference_latency=inference_latency)
+
+
+def predicted_path(positions: np.ndarray, orientations: np.ndarray, header: Header, control_period: float) -> Path:
+    """The chunk's end-effector path: pose i is stamped i control periods after the camera frame of the query."""
+    start = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    poses = []
+    for step, (position, orientation) in enumerate(zip(positions, orientations)):
+        stamp = start + round(step * control_period * 1e9)
+        poses.append(PoseStamped(
+            header=Header(stamp=Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000),
+                          frame_id=header.frame_id),
+            pose=Pose(position=Point(x=float(position[0]), y=float(position[1]), z=float(position[2])),
+                      orientation=Quaternion(x=float(orientation[0]), y=float(orientation[1]),
+                                             z=float(orientation[2]), w=float(orientation[3])))))
+    return Path(header=header, poses=poses)
 
 
 def reuse_masks(report: StepReport, chunk_id: int, camera_headers: list[Header],

@@ -119,8 +119,3 @@ def declare(node: Node, specs: Sequence[ParameterSpec]) -> dict[str, Any]:
         spec.validate(value)
         values[spec.name] = value
     return values
-
-
-def ctr_config_from(values: dict[str, Any], prefix: str = 'ctr.') -> CtrConfig:
-    return CtrConfig.from_dict({name[len(prefix):]: value for name, value in values.items()
-                                if name.startswith(prefix)})

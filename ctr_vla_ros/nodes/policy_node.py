@@ -4,7 +4,8 @@ Subscribes:  <camera_topics> (sensor_msgs/Image, sensor-data QoS), <instruction_
              latched or a plain publisher), <pose_topic> + <gripper_topic> (PoseStamped + JointState) or
              <state_topic> (Float64MultiArray).
 Publishes:   ~/ee_delta (EndEffectorDelta: MOTION, HOLD or STOP on every control tick while enabled),
-             ~/action_chunk, ~/reuse_mask/<camera name> (ReuseMask), ~/ctr_stats (CtrStats), /diagnostics.
+             ~/action_chunk, ~/reuse_mask/<camera name> (ReuseMask), ~/ctr_stats (CtrStats), ~/predicted_path
+             (nav_msgs/Path: where the chunk will take the end effector, in base_frame), /diagnostics.
 Services:    ~/enable (std_srvs/SetBool), ~/reset (std_srvs/Trigger).
 
 A thin shell: messages are converted and handed to the supervisor (control/supervisor.py), which decides whether
@@ -21,6 +22,7 @@ import time
 from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, EndEffectorDelta, ReuseMask
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Path
 import numpy as np
 from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -30,17 +32,18 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, Header, String
 from std_srvs.srv import SetBool, Trigger
 
+from ctr_vla_ros.control.camera_image import ImageError, image_to_rgb
 from ctr_vla_ros.control.chunk_execution import EXECUTION_MODES, ActionConvention, DeltaLimits
 from ctr_vla_ros.control.robot_state import check_state_range, libero_state
 from ctr_vla_ros.control.supervisor import (Command, InstructionUpdate, Mode, Query, Supervisor,
                                             SupervisorSettings)
+from ctr_vla_ros.control.trajectory import predicted_path
+from ctr_vla_ros.ctr.config import CtrConfig
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS
 from ctr_vla_ros.model.random_checkpoint import demo_checkpoint
 from ctr_vla_ros.nodes import messages
-from ctr_vla_ros.nodes.image_conversion import ImageError, image_to_rgb
-from ctr_vla_ros.nodes.parameters import (SHARED_PARAMETERS, ParameterSpec, ctr_config_from,
-                                          ctr_parameter_specs, declare)
+from ctr_vla_ros.nodes.parameters import SHARED_PARAMETERS, ParameterSpec, ctr_parameter_specs, declare
 from ctr_vla_ros.nodes.runtime import run
 from ctr_vla_ros.policy import InputError, Prediction, VlaPolicy
 
@@ -95,13 +98,13 @@ class PolicyNode(Node):
                                            settings['gripper_convention'])
         self.camera_names = settings['camera_names']
         self.control_period = 1.0 / settings['control_rate']
+        self.limits = DeltaLimits(tuple(settings['max_translation_step']) + tuple(settings['max_rotation_step'])
+                                  + (1.0,))
         self.supervisor = Supervisor(SupervisorSettings(
             camera_names=tuple(self.camera_names), camera_timeout=settings['camera_timeout'],
             pair_tolerance=settings['pair_tolerance'], state_timeout=settings['proprio_timeout'],
             execution_mode=settings['execution_mode'], requery_remaining=settings['requery_remaining'],
-            limits=DeltaLimits(tuple(settings['max_translation_step']) + tuple(settings['max_rotation_step'])
-                               + (1.0,)),
-            dry_run=settings['dry_run']))
+            limits=self.limits, dry_run=settings['dry_run']))
         self.gripper_positions: np.ndarray | None = None
         # (prediction, latency) of the newest executed query, for /diagnostics; replaced whole, so no lock.
         self.last_prediction: tuple[Prediction, float] | None = None
@@ -111,6 +114,7 @@ class PolicyNode(Node):
         self.mask_publishers = [self.create_publisher(ReuseMask, f'~/reuse_mask/{name}', 10)
                                 for name in self.camera_names]
         self.stats_publisher = self.create_publisher(CtrStats, '~/ctr_stats', 10)
+        self.path_publisher = self.create_publisher(Path, '~/predicted_path', 10)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         for camera, topic in enumerate(settings['camera_topics']):
             self.create_subscription(Image, topic, lambda message, camera=camera: self.on_image(camera, message),
@@ -156,7 +160,7 @@ class PolicyNode(Node):
                 '*** NO CHECKPOINT CONFIGURED: using a tiny checkpoint with RANDOM WEIGHTS. Its actions are '
                 'meaningless; set the `checkpoint` parameter to a real OpenVLA-OFT checkpoint. ***')
         return VlaPolicy(checkpoint, settings['unnorm_key'], settings['rotate180'], settings['center_crop'],
-                         ctr_config_from(settings))
+                         CtrConfig.from_parameters(settings))
 
     def now(self) -> float:
         """Seconds on the node's clock: wall time, or simulation time with use_sim_time (LIBERO)."""
@@ -273,26 +277,30 @@ class PolicyNode(Node):
             self.supervisor.fail_query(str(error), model_fault=True)
             return
         latency = time.perf_counter() - started
-        chunk_id = self.supervisor.finish_query(query, self.convention.to_deltas(prediction.actions))
+        deltas = self.convention.to_deltas(prediction.actions)
+        chunk_id = self.supervisor.finish_query(query, deltas)
         if chunk_id is None:
             return  # invalidated while it was computed: dropped, never published
         self.last_prediction = (prediction, latency)
-        self.publish_query_outputs(prediction, query, chunk_id, observation_age, latency)
+        self.publish_query_outputs(prediction, deltas, query, chunk_id, observation_age, latency)
 
     # ----------------------------------------------------------------------------------- publishing
-    def publish_query_outputs(self, prediction: Prediction, query: Query, chunk_id: int, observation_age: float,
-                              latency: float) -> None:
+    def publish_query_outputs(self, prediction: Prediction, deltas: np.ndarray, query: Query, chunk_id: int,
+                              observation_age: float, latency: float) -> None:
         camera_headers = [header for _, header in query.frames.frames]
         header = Header(stamp=camera_headers[0].stamp, frame_id=self.settings['base_frame'])
         self.chunk_publisher.publish(messages.action_chunk(
-            prediction, chunk_id, header, self.control_period, self.policy.checkpoint.name, self.policy.unnorm_key,
-            observation_age, latency))
+            prediction, chunk_id, header, self.control_period, [camera.stamp for camera in camera_headers],
+            query.state, query.instruction, self.policy.checkpoint.name, self.policy.unnorm_key, observation_age,
+            latency))
         for publisher, mask in zip(self.mask_publishers, messages.reuse_masks(prediction.report, chunk_id,
                                                                               camera_headers, self.camera_names)):
             publisher.publish(mask)
         engine = self.policy.engine
         self.stats_publisher.publish(messages.ctr_stats(prediction.report, chunk_id, header, engine.keyframe_count,
                                                         engine.reset_count))
+        positions, orientations = predicted_path(query.state, deltas, self.limits)
+        self.path_publisher.publish(messages.predicted_path(positions, orientations, header, self.control_period))
 
     def publish_diagnostics(self) -> None:
         self.diagnostics_publisher.publish(messages.policy_diagnostics(

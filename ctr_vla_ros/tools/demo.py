@@ -48,7 +48,7 @@ class Recorder(ClosedLoopClient):
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
-        from ctr_vla_ros.nodes.image_conversion import image_to_rgb
+        from ctr_vla_ros.control.camera_image import image_to_rgb
 
         self.images: dict[str, np.ndarray] = {}
         self.frames: list[dict[str, np.ndarray]] = []

@@ -1,0 +1,156 @@
+"""Tune CTR for your robot offline: a grid of CTR settings replayed on one recording, FLOPs saved against action
+deviation from full recompute, the Pareto front as a plot, and the recommended setting as a parameter file the
+policy node loads unchanged.
+
+    ctr-vla-sweep run.mcap --output sweep/ [--max-deviation 0.01]
+    ros2 launch ctr_vla_ros bringup.launch.py ctr_params:=sweep/recommended_ctr.yaml
+
+The recommendation is the setting that saves the most FLOPs with a mean action deviation (normalised units, over
+all queries) within --max-deviation. FLOPs are counted, so they do not depend on the machine; deviation is what
+each setting changes in the actions, not whether the task still succeeds: check the best few in closed loop
+(`make eval` takes the YAML files with --configs) before relying on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
+from ctr_vla_ros.recording.replay import open_recording, replay
+from ctr_vla_ros.tools.replay import add_recording_arguments, load_policy_checkpoint, make_policy, queries
+
+
+def grid(base: CtrConfig, args: argparse.Namespace) -> dict[str, CtrConfig]:
+    thresholds = ([('gray_difference', value) for value in args.thresholds]
+                  + [('rgb_cosine', value) for value in args.cosine_thresholds])
+    settings = {}
+    for (metric, threshold), top_k, cap, interval in itertools.product(thresholds, args.top_k, args.caps,
+                                                                       args.keyframe_intervals):
+        threshold_field = 'difference_threshold' if metric == 'gray_difference' else 'cosine_threshold'
+        name = f"{'gray' if metric == 'gray_difference' else 'cos'}{threshold:g}_k{top_k}_cap{cap}_kf{interval}"
+        settings[name] = base.replace(enabled=True, static_metric=metric, top_k=top_k, max_reuse_per_image=cap,
+                                      keyframe_interval=interval, **{threshold_field: threshold})
+    return settings
+
+
+def pareto_front(points: dict[str, dict[str, Any]]) -> list[str]:
+    """Names of the settings no other setting beats on both FLOPs saved and deviation, by deviation."""
+    front = [name for name, point in points.items()
+             if not any(other['flops_reduction'] >= point['flops_reduction']
+                        and other['deviation_mean'] <= point['deviation_mean'] and other is not point
+                        and (other['flops_reduction'], other['deviation_mean'])
+                        != (point['flops_reduction'], point['deviation_mean'])
+                        for other in points.values())]
+    return sorted(front, key=lambda name: points[name]['deviation_mean'])
+
+
+def plot(points: dict[str, dict[str, Any]], front: list[str], recommended: str | None, max_deviation: float,
+         title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    grid_names = [name for name in points if name not in PRESETS]
+    axes.scatter([points[name]['deviation_mean'] for name in grid_names],
+                 [points[name]['flops_reduction'] * 100 for name in grid_names], s=18, color='0.6', label='grid')
+    axes.plot([points[name]['deviation_mean'] for name in front],
+              [points[name]['flops_reduction'] * 100 for name in front], '-o', color='tab:blue', markersize=4,
+              label='Pareto front')
+    for name in PRESETS:
+        if name in points:
+            axes.scatter(points[name]['deviation_mean'], points[name]['flops_reduction'] * 100, marker='s', s=40,
+                         label=f'preset {name}')
+    if recommended is not None:
+        axes.scatter(points[recommended]['deviation_mean'], points[recommended]['flops_reduction'] * 100,
+                     marker='*', s=250, color='tab:red', zorder=5, label=f'recommended: {recommended}')
+    axes.axvline(max_deviation, color='tab:red', linestyle=':', label=f'max deviation {max_deviation:g}')
+    axes.set_xlabel('mean action deviation from full recompute (normalised units)')
+    axes.set_ylabel('FLOPs saved (%)')
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc='lower right')
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_recording_arguments(parser)
+    parser.add_argument('--output', type=Path, required=True, help='directory for sweep.json, sweep.png and '
+                        'recommended_ctr.yaml')
+    parser.add_argument('--max-deviation', type=float, default=0.01,
+                        help='largest acceptable mean action deviation (normalised units)')
+    parser.add_argument('--thresholds', type=float, nargs='*', default=[0.002, 0.004, 0.008, 0.016],
+                        help='gray_difference thresholds')
+    parser.add_argument('--cosine-thresholds', type=float, nargs='*', default=[0.996],
+                        help='rgb_cosine thresholds')
+    parser.add_argument('--top-k', type=int, nargs='+', default=[32, 160])
+    parser.add_argument('--caps', type=int, nargs='+', default=[120, 0], help='max_reuse_per_image values')
+    parser.add_argument('--keyframe-intervals', type=int, nargs='+', default=[5, 10])
+    args = parser.parse_args(argv)
+
+    recording = open_recording(args.recording)
+    checkpoint, unnorm_key = load_policy_checkpoint(recording, args)
+    recorded = recording.policy_settings
+    base = CtrConfig.from_parameters(recorded) if any(name.startswith('ctr.') for name in recorded) \
+        else PRESETS['paper']
+    settings = {name: config for name, config in PRESETS.items() if name != 'off'} | grid(base, args)
+
+    baseline = [result.normalized_actions for _, (result,) in
+                replay([make_policy(checkpoint, unnorm_key, recording, PRESETS['off'])],
+                       queries(recording, args.limit))]
+    if not baseline:
+        raise SystemExit('the recording has no query to replay')
+    points: dict[str, dict[str, Any]] = {}
+    for name, config in tqdm(settings.items(), desc='settings', unit='setting'):
+        policy = make_policy(checkpoint, unnorm_key, recording, config)
+        executed = full = 0.0
+        deviations = []
+        for (_, (result,)), reference in zip(replay([policy], queries(recording, args.limit)), baseline):
+            executed += result.executed_flops
+            full += result.full_recompute_flops
+            deviations.append(float(np.abs(result.normalized_actions - reference).mean()))
+        points[name] = {'config': dataclasses.asdict(config), 'flops_reduction': 1.0 - executed / full,
+                        'deviation_mean': float(np.mean(deviations)), 'deviation_max_query': max(deviations)}
+
+    front = pareto_front(points)
+    acceptable = [name for name in points if points[name]['deviation_mean'] <= args.max_deviation]
+    recommended = max(acceptable, key=lambda name: points[name]['flops_reduction']) if acceptable else None
+    args.output.mkdir(parents=True, exist_ok=True)
+    title = (f'{", ".join(path.name for path in recording.paths)}: {len(baseline)} queries, {checkpoint.name}')
+    plot(points, front, recommended, args.max_deviation, title, args.output / 'sweep.png')
+    (args.output / 'sweep.json').write_text(json.dumps({
+        'recording': [str(path) for path in recording.paths], 'checkpoint': checkpoint.name, 'queries': len(baseline),
+        'max_deviation': args.max_deviation, 'recommended': recommended, 'pareto_front': front, 'settings': points},
+        indent=1))
+
+    print(f'{"setting":<40}{"FLOPs saved":>12}{"deviation":>11}')
+    for name in front:
+        print(f'{name:<40}{points[name]["flops_reduction"] * 100:>11.1f}%{points[name]["deviation_mean"]:>11.4f}')
+    print(f'{len(points)} settings, {len(front)} on the Pareto front; plot: {args.output / "sweep.png"}')
+    if recommended is None:
+        print(f'no setting keeps the mean deviation within {args.max_deviation:g}: no recommendation written')
+        return 1
+    point = points[recommended]
+    yaml_path = args.output / 'recommended_ctr.yaml'
+    yaml_path.write_text(settings[recommended].to_parameters_yaml(comment=(
+        f'ctr-vla-sweep: {recommended}, {point["flops_reduction"] * 100:.1f}% FLOPs saved, mean action deviation '
+        f'{point["deviation_mean"]:.4f} on {title}.\nLoad it after the other parameter files: '
+        f'--params-file {yaml_path.name}, or ros2 launch ctr_vla_ros bringup.launch.py ctr_params:=<this file>')))
+    print(f'recommended: {recommended} ({point["flops_reduction"] * 100:.1f}% FLOPs saved, deviation '
+          f'{point["deviation_mean"]:.4f}) -> {yaml_path}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
