@@ -30,6 +30,7 @@ STATE_TOPIC = '/robot_state'
 INSTRUCTION_TOPIC = '/instruction'
 CONTROL_PERIOD = 0.05  # s: LIBERO's 20 Hz
 DEMO_QUERY_EVERY = 8
+FRAME_LAG_NS = 1000
 
 
 def _image(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> dict:
@@ -56,10 +57,12 @@ def write_episode(path: Path, instruction: str, frames: Iterator[tuple[float, np
     writer.write(INSTRUCTION_TOPIC, cdr_encoder('std_msgs/msg/String')({'data': instruction}), 0)
     for seconds, primary, wrist, state in frames:
         stamp = round(seconds * 1e9)
-        for topic, frame_id, rgb in zip(CAMERA_TOPICS, CAMERA_FRAMES, (primary, wrist)):
-            writer.write(topic, encode_image(_image(rgb, stamp, frame_id)), stamp)
+        # The state is logged just before the frames of its step, so the step's query (formed when its last frame
+        # arrives, with the newest state, as the node does) takes the state of the same step.
         writer.write(STATE_TOPIC, encode_state({'layout': {'dim': [], 'data_offset': 0},
                                                 'data': np.asarray(state, dtype=np.float64).tolist()}), stamp)
+        for topic, frame_id, rgb in zip(CAMERA_TOPICS, CAMERA_FRAMES, (primary, wrist)):
+            writer.write(topic, encode_image(_image(rgb, stamp, frame_id)), stamp + FRAME_LAG_NS)
     writer.close()
     # A single-file recording keeps the plain name.
     return writer.files[0].rename(path)
