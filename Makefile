@@ -111,7 +111,7 @@ bench-ctr: setup $(BENCH_CHECKPOINT)/config.json
 	    $(SEQUENCES)
 
 bench-node: setup $(TINY_CHECKPOINT)/config.json
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_node --checkpoint $(TINY_CHECKPOINT)
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_node --checkpoint $(TINY_CHECKPOINT) --record
 
 bench: bench-model bench-ctr bench-node
 	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_report

@@ -1,5 +1,6 @@
 """Node benchmark, with real processes: the policy node in its own process, cameras and robot state published by
-this process at 30 Hz, once per execution mode (open_loop, the release's; overlap, for real arms).
+this process at 30 Hz, once per execution mode (open_loop, the release's; overlap, for real arms), and with
+--record once more per mode with the recorder (`ctr_vla_recorder`) writing everything to an MCAP file beside it.
 
 Measures per mode:
 - the command rate: EndEffectorDelta messages (MOTION, HOLD or STOP) per second while enabled, which must equal the
@@ -11,13 +12,14 @@ Measures per mode:
   predict time (ActionChunk.inference_latency), plus the camera transport (measured here on the same topics). That
   leaves transport in, conversion, pairing, the hand-off to the inference thread, publishing and transport out.
 
-    python -m ctr_vla_ros.tools.bench_node --checkpoint checkpoints/tiny-demo --seconds 30
+    python -m ctr_vla_ros.tools.bench_node --checkpoint checkpoints/tiny-demo --seconds 30 [--record]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -46,8 +48,10 @@ def stamp_seconds(header: Any) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
-def measure(checkpoint: Path, sequence: dict[str, Any], mode: str, seconds: float) -> dict[str, Any]:
-    """Run the policy node in one execution mode, feed it, and measure its commands and chunks."""
+def measure(checkpoint: Path, sequence: dict[str, Any], mode: str, seconds: float,
+            recording: Path | None = None) -> dict[str, Any]:
+    """Run the policy node in one execution mode, feed it, and measure its commands and chunks; with `recording`
+    (a directory), the recorder runs beside it throughout."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
@@ -59,6 +63,10 @@ def measure(checkpoint: Path, sequence: dict[str, Any], mode: str, seconds: floa
 
     from ctr_vla_ros.nodes.image_conversion import rgb_to_image
 
+    recorder = None
+    if recording is not None:
+        recorder = NodeProcess('ctr_vla_recorder', overrides={'output_directory': str(recording),
+                                                              'recording_name': mode})
     policy = NodeProcess('ctr_vla_policy', overrides={'checkpoint': str(checkpoint), 'proprio_source': 'state',
                                                       'execution_mode': mode, 'requery_remaining': 4})
     context = rclpy.Context()
@@ -108,6 +116,8 @@ def measure(checkpoint: Path, sequence: dict[str, Any], mode: str, seconds: floa
         measured_chunks, measured_deltas = list(chunks), list(deltas)
     finally:
         policy.interrupt()
+        if recorder is not None:
+            recorder.interrupt()
         executor.shutdown()
         rclpy.shutdown(context=context)
 
@@ -117,8 +127,10 @@ def measure(checkpoint: Path, sequence: dict[str, Any], mode: str, seconds: floa
     stamps = np.array([stamp_seconds(message.header) for _, message in measured_deltas])
     arrivals = np.array([received for received, _ in measured_deltas])
     names = {EndEffectorDelta.MOTION: 'motion', EndEffectorDelta.HOLD: 'hold', EndEffectorDelta.STOP: 'stop'}
+    recorded_bytes = sum(path.stat().st_size for path in recording.glob('*.mcap')) if recording else None
     return {
-        'execution_mode': mode, 'chunks': len(measured_chunks), 'commands': len(measured_deltas),
+        'execution_mode': mode, 'recorder': recording is not None, 'recorded_bytes': recorded_bytes,
+        'chunks': len(measured_chunks), 'commands': len(measured_deltas),
         'command_kinds': dict(Counter(names[message.kind] for _, message in measured_deltas)),
         'command_rate_hz': (len(stamps) - 1) / (stamps[-1] - stamps[0]),
         'inference_latency_s': percentiles([message.inference_latency for _, message in measured_chunks]),
@@ -135,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--checkpoint', type=Path, required=True)
     parser.add_argument('--sequence', type=Path, default=REPO / 'data' / 'libero' / 'libero_spatial_t0_i0.npz')
     parser.add_argument('--seconds', type=float, default=30.0, help='measured time per execution mode')
+    parser.add_argument('--record', action='store_true', help='measure each mode again with the recorder running')
     args = parser.parse_args(argv)
     os.environ.update(network_safe_environment())
     interrupt_on_sigterm()
@@ -142,7 +155,13 @@ def main(argv: list[str] | None = None) -> None:
     sequence = load_sequence(args.sequence)
     results = {'checkpoint': args.checkpoint.name, 'machine': machine_description(), 'seconds': args.seconds,
                'camera_rate_hz': CAMERA_RATE, 'control_rate_hz': 1 / CONTROL_PERIOD,
-               'modes': {mode: measure(args.checkpoint, sequence, mode, args.seconds) for mode in EXECUTION_MODES}}
+               'modes': {}}
+    with tempfile.TemporaryDirectory() as recordings:
+        for mode in EXECUTION_MODES:
+            results['modes'][mode] = measure(args.checkpoint, sequence, mode, args.seconds)
+            if args.record:
+                results['modes'][f'{mode} + recorder'] = measure(args.checkpoint, sequence, mode, args.seconds,
+                                                                 Path(recordings) / mode)
     path = write_results(f'node_{args.checkpoint.name}', results)
     for mode, item in results['modes'].items():
         print(f'{mode}: {item["commands"]} commands ({item["command_kinds"]}) and {item["chunks"]} chunks in '

@@ -6,8 +6,9 @@ recorder writes, so `ctr-vla-replay` and `ctr-vla-sweep` take them like a record
 
 A query-cadence sequence (.npz, data/libero/) becomes <name>.mcap with one frame pair per model query; a LIBERO
 demonstration file (.hdf5) becomes <name>_<N>.mcap per demonstration (turn_on_the_stove_demo_0.mcap), with a frame
-pair every control step (20 Hz) and a model query every 8th (the release's chunk length). Topics: both cameras (rgb8, upright), /robot_state (the
-8-D LIBERO state) and the instruction (once, at the start); stamps are the episode's time from 0.
+pair every control step (20 Hz) and a model query every 8th (the release's chunk length). Topics: both cameras
+(rgb8, upright), /robot_state (the 8-D LIBERO state) and the instruction (once, at the start); stamps are the
+episode's time from 0.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 deviation from full recompute, the Pareto front as a plot, and the recommended setting as a parameter file the
 policy node loads unchanged.
 
-    ctr-vla-sweep run.mcap --output sweep/ [--max-deviation 0.01]
+    ctr-vla-sweep run.mcap --output sweep/ [--max-deviation 0.02]
     ros2 launch ctr_vla_ros bringup.launch.py ctr_params:=sweep/recommended_ctr.yaml
 
 The recommendation is the setting that saves the most FLOPs with a mean action deviation (normalised units, over
-all queries) within --max-deviation. FLOPs are counted, so they do not depend on the machine; deviation is what
+all queries) within --max-deviation; by default, within the deviation of the `paper` preset (the paper's method) on
+the same recording. FLOPs are counted, so they do not depend on the machine; deviation is what
 each setting changes in the actions, not whether the task still succeeds: check the best few in closed loop
 (`make eval` takes the YAML files with --configs) before relying on them.
 """
@@ -88,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     add_recording_arguments(parser)
     parser.add_argument('--output', type=Path, required=True, help='directory for sweep.json, sweep.png and '
                         'recommended_ctr.yaml')
-    parser.add_argument('--max-deviation', type=float, default=0.01,
-                        help='largest acceptable mean action deviation (normalised units)')
+    parser.add_argument('--max-deviation', type=float,
+                        help="largest acceptable mean action deviation (normalised units; default: the paper "
+                        "preset's on this recording)")
     parser.add_argument('--thresholds', type=float, nargs='*', default=[0.002, 0.004, 0.008, 0.016],
                         help='gray_difference thresholds')
     parser.add_argument('--cosine-thresholds', type=float, nargs='*', default=[0.996],
@@ -124,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                         'deviation_mean': float(np.mean(deviations)), 'deviation_max_query': max(deviations)}
 
     front = pareto_front(points)
-    acceptable = [name for name in points if points[name]['deviation_mean'] <= args.max_deviation]
+    max_deviation = points['paper']['deviation_mean'] if args.max_deviation is None else args.max_deviation
+    acceptable = [name for name in points if points[name]['deviation_mean'] <= max_deviation]
     recommended = max(acceptable, key=lambda name: points[name]['flops_reduction']) if acceptable else None
     args.output.mkdir(parents=True, exist_ok=True)
     title = (f'{", ".join(path.name for path in recording.paths)}: {len(baseline)} queries, {checkpoint.name}')
-    plot(points, front, recommended, args.max_deviation, title, args.output / 'sweep.png')
+    plot(points, front, recommended, max_deviation, title, args.output / 'sweep.png')
     (args.output / 'sweep.json').write_text(json.dumps({
         'recording': [str(path) for path in recording.paths], 'checkpoint': checkpoint.name, 'queries': len(baseline),
-        'max_deviation': args.max_deviation, 'recommended': recommended, 'pareto_front': front, 'settings': points},
+        'max_deviation': max_deviation, 'recommended': recommended, 'pareto_front': front, 'settings': points},
         indent=1))
 
     print(f'{"setting":<40}{"FLOPs saved":>12}{"deviation":>11}')
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'{name:<40}{points[name]["flops_reduction"] * 100:>11.1f}%{points[name]["deviation_mean"]:>11.4f}')
     print(f'{len(points)} settings, {len(front)} on the Pareto front; plot: {args.output / "sweep.png"}')
     if recommended is None:
-        print(f'no setting keeps the mean deviation within {args.max_deviation:g}: no recommendation written')
+        print(f'no setting keeps the mean deviation within {max_deviation:g}: no recommendation written')
         return 1
     point = points[recommended]
     yaml_path = args.output / 'recommended_ctr.yaml'
