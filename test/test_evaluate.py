@@ -57,3 +57,15 @@ def test_evaluation_harness_runs_and_resumes(tiny_checkpoint, tmp_path, ros_doma
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads(output.read_text())['episodes'] == episodes  # nothing left to run: nothing re-run
+
+
+def test_a_configuration_is_a_preset_or_a_parameter_file(tmp_path):
+    from ctr_vla_ros.ctr.config import PRESETS
+    from ctr_vla_ros.tools.evaluate import ctr_config
+
+    path = tmp_path / 'recommended_ctr.yaml'
+    tuned = PRESETS['fast'].replace(top_k=64)
+    path.write_text(tuned.to_parameters_yaml())
+    assert ctr_config(str(path)) == tuned and ctr_config('llm_only') == PRESETS['paper'].replace(vision_reuse=False)
+    with pytest.raises(ValueError, match='not one of'):
+        ctr_config('fastest')

@@ -9,6 +9,9 @@ run, the FLOPs saved and the reuse ratios. Use initial states the checkpoint was
     python -m ctr_vla_ros.tools.evaluate --checkpoint models/libero_goal_small --unnorm-key libero_goal_no_noops \\
         --suite libero_goal --tasks 0 5 7 --init-states 40 49 --configs off paper patch_reference fast
 
+A configuration is a preset name, an ablation (vision_only, llm_only) or a parameter file with a `ctr:` section,
+e.g. the recommendation of ctr-vla-sweep (sweep/recommended_ctr.yaml; reported under the name given).
+
 Results: benchmarks/results/eval_<checkpoint>.json, rewritten after every episode: a rerun with the same arguments
 continues where the last one stopped.
 """
@@ -39,6 +42,15 @@ CONFIGS: dict[str, CtrConfig] = {
     'llm_only': PRESETS['paper'].replace(vision_reuse=False),
 }
 SECONDS_PER_STEP_LIMIT = 10.0  # wall seconds per simulation step before an episode counts as stuck
+
+
+def ctr_config(name: str) -> CtrConfig:
+    """A configuration by name (CONFIGS) or from a parameter file's `ctr:` section (a path ending in .yaml)."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    if not name.endswith(('.yaml', '.yml')):
+        raise ValueError(f'not one of {sorted(CONFIGS)} and not a .yaml file')
+    return CtrConfig.from_yaml(name)
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -96,7 +108,7 @@ def query_record(stats: Any) -> dict[str, Any]:
 def run_task(args: argparse.Namespace, config_name: str, task_id: int, init_states: list[int], logs: Path,
              record: Any) -> None:
     """One simulation + policy stack for one configuration and task; `record(episode)` is called per episode."""
-    config = dataclasses.asdict(CONFIGS[config_name])
+    config = dataclasses.asdict(ctr_config(config_name))
     policy = {'checkpoint': str(args.checkpoint), 'unnorm_key': args.unnorm_key, 'ctr': config}
     simulation = {'suite': args.suite, 'task_id': task_id, 'init_state': init_states[0],
                   'max_steps': args.max_steps, 'resolution': args.resolution}
@@ -136,12 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--init-states', type=int, nargs=2, metavar=('FIRST', 'LAST'), required=True,
                         help='initial states FIRST..LAST (inclusive) of every task')
     parser.add_argument('--configs', nargs='+', default=['off', 'paper', 'patch_reference', 'fast'],
-                        choices=sorted(CONFIGS))
+                        help=f'{", ".join(sorted(CONFIGS))}, or parameter files with a ctr: section')
     parser.add_argument('--max-steps', type=int, default=300, help='episode step budget')
     parser.add_argument('--resolution', type=int, default=128, help='camera image size of the simulation')
     parser.add_argument('--output', type=Path, help='results JSON (default: benchmarks/results/eval_<name>.json)')
     parser.add_argument('--logs', type=Path, help='node logs (default: a temporary directory)')
     args = parser.parse_args(argv)
+    for name in args.configs:
+        try:
+            ctr_config(name)
+        except (OSError, ValueError) as error:
+            parser.error(f'configuration {name}: {error}')
     if 'off' not in args.configs:
         args.configs.insert(0, 'off')  # the speed-up is measured against it, in the same run
     os.environ.update(network_safe_environment())
@@ -187,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 pending = [state for state in init_states if (config_name, task_id, state) not in done]
                 if pending:
                     started = time.monotonic()
-                    run_task(args, config_name, task_id, pending, logs / f'{config_name}_task{task_id}', record)
+                    run_task(args, config_name, task_id, pending, logs / f'{Path(config_name).stem}_task{task_id}',
+                             record)
                     progress.write(f'{config_name} task {task_id}: {len(pending)} episodes in '
                                    f'{time.monotonic() - started:.0f} s')
     results = write()
