@@ -46,7 +46,7 @@ def generate_launch_description() -> LaunchDescription:
         Node(package='ctr_vla_ros', executable='ctr_vla_diagnostics', name='ctr_vla_diagnostics', output='screen',
              parameters=[config, sim_time]),
         Node(package='ctr_vla_ros', executable='ctr_vla_recorder', name='ctr_vla_recorder', output='screen',
-             parameters=[config, sim_time], condition=IfCondition(LaunchConfiguration('record'))),
+             parameters=[config], condition=IfCondition(LaunchConfiguration('record'))),
         Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
              arguments=['-d', str(share / 'config' / 'ctr_vla.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),

@@ -1,10 +1,12 @@
 """`make demo`: the LIBERO simulation, the policy node with CTR on and the diagnostics node in closed loop, one
-bounded episode, then what a user wants to see: an animated GIF, a contact sheet of both cameras with the reuse
-overlays, and a summary.
+bounded episode recorded by the recorder node, then what a user wants to see: an animated GIF, a contact sheet of
+both cameras with the reuse overlays, the predicted end-effector paths against the path taken, the recording and
+its offline replay, and a summary.
 
 Where `ros2 launch` exists this is `ros2 launch ctr_vla_ros bringup.launch.py robot:=sim rviz:=false`. Here (no ROS
 distro) the same executables start with the same parameters: the package's parameter files and the overrides the
-launch file applies for robot:=sim (config/robot_sim.yaml, the checkpoint and use_sim_time). With no checkpoint
+launch file applies for robot:=sim (config/robot_sim.yaml, the checkpoint and use_sim_time), and the recorder as
+record:=true starts it. With no checkpoint
 given, a tiny RANDOM-WEIGHT checkpoint is generated: the arm then moves meaninglessly, and the summary says so.
 
     python -m ctr_vla_ros.tools.demo [--checkpoint DIR] [--steps 120] [--output demo_output]
@@ -26,9 +28,20 @@ from typing import Any
 import numpy as np
 from PIL import Image as PilImage
 
+from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
+from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.random_checkpoint import demo_checkpoint
+from ctr_vla_ros.recording.replay import open_recording
 from ctr_vla_ros.tools.closed_loop import ClosedLoopClient, start_simulation_stack
-from ctr_vla_ros.tools.node_processes import REPO, interrupt_all, interrupt_on_sigterm, network_safe_environment
+from ctr_vla_ros.tools.node_processes import (
+    CONFIG,
+    REPO,
+    NodeProcess,
+    interrupt_all,
+    interrupt_on_sigterm,
+    network_safe_environment,
+)
+from ctr_vla_ros.tools.replay import make_policy, queries, run_replay, summarize
 
 TILE = 224
 
@@ -39,12 +52,14 @@ TILE = 224
 RANDOM_WEIGHT_OVERRIDES = {'proprio_range_margin': 100.0, 'max_rotation_step': [0.05, 0.05, 0.05]}
 
 
-class Recorder(ClosedLoopClient):
+class DemoClient(ClosedLoopClient):
     """The demo's client node: also keeps both cameras and both overlays, one frame per simulation step and one
     contact-sheet row per query."""
 
     def __init__(self) -> None:
         super().__init__('ctr_vla_demo')
+        from geometry_msgs.msg import PoseStamped
+        from nav_msgs.msg import Path as PathMessage
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
@@ -53,6 +68,8 @@ class Recorder(ClosedLoopClient):
         self.images: dict[str, np.ndarray] = {}
         self.frames: list[dict[str, np.ndarray]] = []
         self.query_sheets: list[dict[str, np.ndarray]] = []
+        self.positions: list[np.ndarray] = []  # the end effector's, one per pose message
+        self.predicted_paths: list[np.ndarray] = []  # (horizon + 1, 3) per query
 
         def keep(key: str):
             def store(message: Image) -> None:
@@ -66,6 +83,18 @@ class Recorder(ClosedLoopClient):
                            ('primary_overlay', '/ctr_vla_diagnostics/overlay/primary'),
                            ('wrist_overlay', '/ctr_vla_diagnostics/overlay/wrist')):
             self.node.create_subscription(Image, topic, keep(key), qos_profile_sensor_data)
+        self.node.create_subscription(PoseStamped, '/ee_pose', self.on_pose, qos_profile_sensor_data)
+        self.node.create_subscription(PathMessage, '/ctr_vla_policy/predicted_path', self.on_path, 10)
+
+    def on_pose(self, message: Any) -> None:
+        position = message.pose.position
+        with self.lock:
+            self.positions.append(np.array([position.x, position.y, position.z]))
+
+    def on_path(self, message: Any) -> None:
+        points = [[pose.pose.position.x, pose.pose.position.y, pose.pose.position.z] for pose in message.poses]
+        with self.lock:
+            self.predicted_paths.append(np.array(points))
 
     def on_status(self, status: Any) -> None:
         super().on_status(status)
@@ -85,18 +114,60 @@ def tile(images: dict[str, np.ndarray], keys: tuple[str, ...]) -> np.ndarray:
     return np.concatenate(tiles, axis=1)
 
 
-def write_outputs(recorder: Recorder, output: Path, random_weights: bool, codes: dict[str, int],
-                  wall_time: float) -> dict[str, Any]:
+def plot_trajectory(client: DemoClient, path: Path, title: str) -> None:
+    """Top and side views: the path the end effector took, and each chunk's predicted path from where it started."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    taken = np.array(client.positions)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    colors = plt.cm.viridis(np.linspace(0, 1, max(len(client.predicted_paths), 1)))
+    for axis, (first, second), label in ((axes[0], (0, 1), 'top view (x, y)'), (axes[1], (0, 2), 'side view (x, z)')):
+        for predicted, color in zip(client.predicted_paths, colors):
+            axis.plot(predicted[:, first], predicted[:, second], '-', color=color, linewidth=1.5, alpha=0.8)
+            axis.plot(predicted[0, first], predicted[0, second], 'o', color=color, markersize=3)
+        if len(taken):
+            axis.plot(taken[:, first], taken[:, second], 'k--', linewidth=1, label='taken')
+        axis.set_xlabel('xyz'[first] + ' (m)')
+        axis.set_ylabel('xyz'[second] + ' (m)')
+        axis.set_title(label, fontsize=10)
+        axis.set_aspect('equal', adjustable='datalim')
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc='best')
+    figure.suptitle(f'{title}\npredicted path of each chunk (colour: query order, dot: start) and the path taken',
+                    fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def replay_recording(recording_dir: Path, checkpoint: Path, unnorm_key: str | None) -> dict[str, Any]:
+    """The demo's recording through the engine offline, with the recorded settings and with full recompute."""
+    recording = open_recording(sorted(recording_dir.glob('*.mcap')))
+    loaded = load_checkpoint(checkpoint)
+    unnorm_key = unnorm_key or recording.policy_settings['unnorm_key']
+    recorded = make_policy(loaded, unnorm_key, recording,
+                           CtrConfig.from_parameters(recording.policy_settings))
+    full = make_policy(loaded, unnorm_key, recording, PRESETS['off'])
+    return {'message_counts': recording.message_counts,
+            **summarize(run_replay(recorded, full, queries(recording, None)))}
+
+
+def write_outputs(client: DemoClient, output: Path, random_weights: bool, codes: dict[str, int],
+                  wall_time: float, replayed: dict[str, Any]) -> dict[str, Any]:
     keys = ('primary', 'wrist', 'primary_overlay', 'wrist_overlay')
-    frames = [PilImage.fromarray(tile(frame, keys)) for frame in recorder.frames]
+    frames = [PilImage.fromarray(tile(frame, keys)) for frame in client.frames]
     if frames:
         frames[0].save(output / 'demo.gif', save_all=True, append_images=frames[1:], duration=100, loop=0)
-    sheets = recorder.query_sheets[:12]
+    sheets = client.query_sheets[:12]
     if sheets:
         rows = [tile(sheet, keys) for sheet in sheets]
         PilImage.fromarray(np.concatenate(rows, axis=0)).save(output / 'contact_sheet.png')
+    status = client.status
+    plot_trajectory(client, output / 'trajectory.png', f'"{status.instruction}"' if status else '')
 
-    stats, status = recorder.stats, recorder.status
+    stats, status = client.stats, client.status
     stages = ('preprocess_time', 'mask_time', 'vision_time', 'projector_time', 'llm_time', 'head_time',
               'total_time')
     summary = {
@@ -112,7 +183,7 @@ def write_outputs(recorder: Recorder, output: Path, random_weights: bool, codes:
                             for stage in stages} if stats else {},
         'flops_saved': 1 - sum(item.executed_flops for item in stats) / sum(item.full_recompute_flops
                                                                            for item in stats) if stats else 0.0,
-        'exit_codes': codes, 'wall_time_s': wall_time,
+        'exit_codes': codes, 'wall_time_s': wall_time, 'replay': replayed,
     }
     (output / 'summary.json').write_text(json.dumps(summary, indent=2))
     lines = ['# ctr_vla_ros demo', '']
@@ -130,10 +201,16 @@ def write_outputs(recorder: Recorder, output: Path, random_weights: bool, codes:
               f'- FLOPs saved by CTR over the episode: {summary["flops_saved"]:.1%}',
               '- Median per-stage latency (ms): ' + ', '.join(f'{stage} {value:.1f}' for stage, value in
                                                                summary['median_stage_ms'].items()),
-              f'- Wall time: {wall_time:.0f} s; node exit codes: {codes}', '',
+              f'- Wall time: {wall_time:.0f} s; node exit codes: {codes}',
+              f'- Recording (`recording/`, MCAP): {sum(replayed["message_counts"].values())} messages on '
+              f'{len(replayed["message_counts"])} topics; replayed offline: {replayed["queries"]} queries, recorded '
+              f'actions {"reproduced" if replayed.get("reproduced") else "NOT reproduced"} (largest difference '
+              f'{replayed.get("recorded_difference_max", float("nan")):.1e}), FLOPs saved '
+              f'{replayed["flops_reduction"]:.1%}', '',
               'Files: `demo.gif` (primary, wrist, and their reuse overlays per simulation step), `contact_sheet.png` '
               '(one row per model query: blue = reused, orange = changed, green = task-relevant, yellow = over the '
-              'reuse cap, red banner = keyframe), `summary.json`, `logs/`.']
+              'reuse cap, red banner = keyframe), `trajectory.png` (each chunk\'s predicted end-effector path and the '
+              'path taken), `recording/` (replay it with `ctr-vla-replay recording/*.mcap`), `summary.json`, `logs/`.']
     (output / 'summary.md').write_text('\n'.join(lines) + '\n')
     return summary
 
@@ -173,12 +250,19 @@ def main(argv: list[str] | None = None) -> int:
                         ('resolution', args.resolution)):
         if value is not None:
             simulation[name] = value
-    recorder = Recorder()
+    recording_dir = args.output / 'recording'
+    for old in recording_dir.glob('*.mcap'):
+        old.unlink()
+    client = DemoClient()
     processes = []
     codes: dict[str, int] = {}
     try:
         processes = start_simulation_stack(logs, policy, simulation, diagnostics={'overlay_scale': 1})
-        recorder.enable_policy(timeout=120)
+        processes.append(NodeProcess('ctr_vla_recorder', [CONFIG], {
+            'output_directory': str(recording_dir), 'recording_name': 'demo'},
+            logs / 'ctr_vla_recorder.log'))
+        processes[-1].wait_for_log('recorded the parameters of ctr_vla_policy', timeout=120)
+        client.enable_policy(timeout=120)
         with tqdm(total=args.steps, desc='episode', unit='step', mininterval=1.0) as progress:
             def show(status: Any) -> None:
                 failed = [node.executable for node in processes if node.process.poll() is not None]
@@ -186,14 +270,15 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f'{failed} exited early (see {logs})')
                 if status is not None:
                     progress.update(status.step - progress.n)
-                    progress.set_postfix(queries=len(recorder.stats), success=status.success)
+                    progress.set_postfix(queries=len(client.stats), success=status.success)
 
-            recorder.wait_until(lambda status: status is not None and status.done, args.timeout, 'the episode',
+            client.wait_until(lambda status: status is not None and status.done, args.timeout, 'the episode',
                                 show)
     finally:
         codes = interrupt_all(processes)
-        recorder.close()
-    summary = write_outputs(recorder, args.output, random_weights, codes, time.monotonic() - started)
+        client.close()
+    replayed = replay_recording(recording_dir, checkpoint, args.unnorm_key)
+    summary = write_outputs(client, args.output, random_weights, codes, time.monotonic() - started, replayed)
     print((args.output / 'summary.md').read_text())
     print(f'outputs in {args.output}')
     if any(codes.values()) or summary['queries'] == 0:
