@@ -91,8 +91,9 @@ def open_recording(paths: Sequence[str | Path]) -> Recording:
         with open(path, 'rb') as stream:
             reader = make_reader(stream)
             for record in reader.iter_metadata():
+                ours = record.name in (POLICY_METADATA, RECORDING_METADATA)  # others (rosbag2's) are not JSON
                 metadata.setdefault(record.name, {}).update(
-                    {key: json.loads(value) for key, value in record.metadata.items()})
+                    {key: json.loads(value) if ours else value for key, value in record.metadata.items()})
             summary = reader.get_summary()
             if summary is None:
                 raise RecordingError(f'{path}: no summary section (the recording was not closed properly)')
@@ -144,7 +145,8 @@ def recorded_queries(recording: Recording, camera_topics: Sequence[str] | None =
     made = recording.metadata.get(RECORDING_METADATA, {})
     camera_topics = list(camera_topics or made.get('camera_topics') or [])
     if not camera_topics:
-        raise RecordingError('the recording does not say which topics are the cameras: give camera_topics')
+        raise RecordingError('the recording does not say which topics are the cameras (it was not made by '
+                             'ctr_vla_recorder or ctr-vla-to-mcap): give the camera topics')
     missing = [topic for topic in camera_topics if topic not in recording.topics]
     if missing:
         raise RecordingError(f'camera topics {missing} are not in the recording (it has {sorted(recording.topics)})')

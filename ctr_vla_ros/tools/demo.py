@@ -151,7 +151,7 @@ def replay_recording(recording_dir: Path, checkpoint: Path, unnorm_key: str | No
                            CtrConfig.from_parameters(recording.policy_settings))
     full = make_policy(loaded, unnorm_key, recording, PRESETS['off'])
     return {'message_counts': recording.message_counts,
-            **summarize(run_replay(recorded, full, queries(recording, None)))}
+            **summarize(run_replay(recorded, full, queries(recording)))}
 
 
 def write_outputs(client: DemoClient, output: Path, random_weights: bool, codes: dict[str, int],

@@ -24,7 +24,14 @@ import numpy as np
 from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
 from ctr_vla_ros.model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ctr_vla_ros.policy import VlaPolicy
-from ctr_vla_ros.recording.replay import RecordedQuery, Recording, open_recording, recorded_queries, replay
+from ctr_vla_ros.recording.replay import (
+    RecordedQuery,
+    Recording,
+    RecordingError,
+    open_recording,
+    recorded_queries,
+    replay,
+)
 
 REPRODUCTION_TOLERANCE = 1e-5  # normalised units: the engine's own run-to-run spread on one machine is below this
 
@@ -34,6 +41,8 @@ def add_recording_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', type=Path, help="checkpoint directory (default: the recorded policy's)")
     parser.add_argument('--unnorm-key', help="dataset statistics key (default: the recorded policy's)")
     parser.add_argument('--limit', type=int, help='replay at most this many queries')
+    parser.add_argument('--camera-topics', nargs='+', help='camera topics in model order (default: as recorded; '
+                        'needed for a recording made with `ros2 bag record`)')
 
 
 def load_policy_checkpoint(recording: Recording, args: argparse.Namespace) -> tuple[LoadedCheckpoint, str]:
@@ -54,11 +63,16 @@ def make_policy(checkpoint: LoadedCheckpoint, unnorm_key: str, recording: Record
                      ctr)
 
 
-def queries(recording: Recording, limit: int | None) -> Iterator[RecordedQuery]:
-    for count, query in enumerate(recorded_queries(recording)):
-        if limit is not None and count >= limit:
-            return
-        yield query
+def queries(recording: Recording, limit: int | None = None,
+            camera_topics: list[str] | None = None) -> Iterator[RecordedQuery]:
+    """The recording's queries (at most `limit`); a recording that cannot be replayed ends the program."""
+    try:
+        for count, query in enumerate(recorded_queries(recording, camera_topics)):
+            if limit is not None and count >= limit:
+                return
+            yield query
+    except RecordingError as error:
+        raise SystemExit(f'cannot replay {recording.paths[0]}: {error}') from error
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f'{"query":>6} K {"v-reuse":>6} {"l-reuse":>6} {"FLOPs-":>8} {"CTR ms":>8} {"full ms":>8} '
           f'{"dev mean":>8} {"dev max":>8} {"vs recorded":>11}')
-    rows = run_replay(policy, baseline, queries(recording, args.limit), print_row)
+    rows = run_replay(policy, baseline, queries(recording, args.limit, args.camera_topics), print_row)
     summary = summarize(rows)
     print(f'\n{summary["queries"]} queries: FLOPs {summary["flops_reduction"] * 100:.1f}% fewer, median engine time '
           f'{summary["median_time_s"] * 1e3:.1f} ms vs {summary["median_full_time_s"] * 1e3:.1f} ms full recompute '

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = [result.normalized_actions for _, (result,) in
                 replay([make_policy(checkpoint, unnorm_key, recording, PRESETS['off'])],
-                       queries(recording, args.limit))]
+                       queries(recording, args.limit, args.camera_topics))]
     if not baseline:
         raise SystemExit('the recording has no query to replay')
     points: dict[str, dict[str, Any]] = {}
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         policy = make_policy(checkpoint, unnorm_key, recording, config)
         executed = full = 0.0
         deviations = []
-        for (_, (result,)), reference in zip(replay([policy], queries(recording, args.limit)), baseline):
+        replayed = replay([policy], queries(recording, args.limit, args.camera_topics))
+        for (_, (result,)), reference in zip(replayed, baseline):
             executed += result.executed_flops
             full += result.full_recompute_flops
             deviations.append(float(np.abs(result.normalized_actions - reference).mean()))
