@@ -14,6 +14,7 @@ from typing import Any
 from ctr_vla_ros.tools.node_processes import CONFIG, NodeProcess, robot_config
 
 SERVICE_TIMEOUT = 30.0  # s
+EPISODE_START_TIMEOUT = 600.0  # s: a reset re-creates the scene and settles it; minutes on a loaded 2-core machine
 # What bringup.launch.py starts for robot:=sim rviz:=false (a test keeps the two in step).
 LAUNCHED_NODES = ('ctr_vla_libero_sim', 'ctr_vla_policy', 'ctr_vla_diagnostics')
 
@@ -100,7 +101,7 @@ class ClosedLoopClient:
             self.status = None
         self.call(Trigger, '/ctr_vla_libero_sim/reset', Trigger.Request())
         self.wait_until(lambda status: status is not None and status.init_state == init_state and not status.done,
-                        120.0, f'the episode from initial state {init_state}')
+                        EPISODE_START_TIMEOUT, f'the episode from initial state {init_state}')
         self.enable_policy()
 
     def wait_until(self, condition: Callable[[Any], bool], timeout: float, what: str,
