@@ -28,7 +28,7 @@ class CtrConfig:
     cosine_threshold: float = 0.996
     # What a patch is compared with: 'query' = the previous query's image (the paper); 'patch' = the pixels it had
     # when it was last recomputed, so slow drift cannot accumulate unnoticed over queries (this package's variant,
-    # the `patch_reference` preset; the default once the closed-loop evaluation shows it at least as good).
+    # the `patch_reference` preset: measured equal to 'query' so far, so the paper's 'query' stays the default).
     reference: str = 'query'
     # Task relevance: the top_k visual tokens (over all cameras) by the previous query's prompt-to-vision attention
     # at LLM layer `attention_layer` (negative counts from the last layer) are always recomputed.
