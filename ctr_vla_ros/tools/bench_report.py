@@ -194,7 +194,8 @@ def node_section(results: list[dict[str, Any]]) -> list[str]:
 
 def eval_section(name: str, results: dict[str, Any]) -> list[str]:
     settings = results['settings']
-    return [f'## Closed-loop task success: `{settings["checkpoint"]}`', '',
+    tasks = ', '.join(str(task) for task in settings['tasks'])
+    return [f'## Closed-loop task success: `{settings["checkpoint"]}`, {settings["suite"]} tasks {tasks}', '',
             'Command: `make eval` (`python -m ctr_vla_ros.tools.evaluate`): the LIBERO simulation and the policy node '
             'as separate processes over ROS, one episode per initial state, every configuration on the same '
             f'episodes. Suite `{settings["suite"]}`, tasks {settings["tasks"]}, initial states '
