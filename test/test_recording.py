@@ -62,7 +62,8 @@ def test_writer_rotates_by_size_and_duration_and_keeps_the_newest_files(tmp_path
     encode = cdr_encoder('std_msgs/msg/String')
     writer = RecordingWriter(tmp_path, 'run', RecordingLimits(max_duration=1.0, max_files=2), compression='lz4')
     writer.add_topic('/chatter', 'std_msgs/msg/String')
-    writer.set_metadata('test', {'key': '"value"'})
+    writer.set_metadata(RECORDING_METADATA, {'query_every': '8'})
+    writer.set_metadata('rosbag2', {'serialized_bag_info': 'not JSON: {'})  # another tool's, kept as text
     for index in range(50):  # 10 messages per second for 5 s
         writer.write('/chatter', encode({'data': f'message {index}'}), log_time=index * 100_000_000)
     writer.close()
@@ -70,7 +71,9 @@ def test_writer_rotates_by_size_and_duration_and_keeps_the_newest_files(tmp_path
     kept = [path for path in writer.files if path.exists()]
     assert [path.name for path in kept] == ['run_3.mcap', 'run_4.mcap']
     recording = open_recording(kept)
-    assert recording.message_counts == {'/chatter': 20} and recording.metadata['test'] == {'key': 'value'}
+    assert recording.message_counts == {'/chatter': 20}
+    assert recording.metadata == {RECORDING_METADATA: {'query_every': 8},
+                                  'rosbag2': {'serialized_bag_info': 'not JSON: {'}}
 
     sized = RecordingWriter(tmp_path / 'sized', 'big', RecordingLimits(max_bytes=3 << 20), compression='none')
     sized.add_topic('/blob', 'std_msgs/msg/String')
