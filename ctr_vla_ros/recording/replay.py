@@ -25,6 +25,7 @@ from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
 from ctr_vla_ros.control.camera_image import image_to_rgb
+from ctr_vla_ros.ctr.config import CtrConfig
 from ctr_vla_ros.policy import VlaPolicy
 
 POLICY_METADATA = 'ctr_vla_policy'  # the policy node's parameters, values as JSON
@@ -72,6 +73,12 @@ class Recording:
     @property
     def policy_settings(self) -> dict[str, Any]:
         return self.metadata.get(POLICY_METADATA, {})
+
+    @property
+    def ctr_config(self) -> CtrConfig | None:
+        """The CTR settings the recorded policy ran with; None when the recording does not carry them."""
+        settings = self.policy_settings
+        return CtrConfig.from_parameters(settings) if any(name.startswith('ctr.') for name in settings) else None
 
     @property
     def has_chunks(self) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image as PilImage
 
-from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
+from ctr_vla_ros.ctr.config import PRESETS
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.random_checkpoint import demo_checkpoint
 from ctr_vla_ros.recording.replay import open_recording
@@ -147,8 +147,7 @@ def replay_recording(recording_dir: Path, checkpoint: Path, unnorm_key: str | No
     recording = open_recording(sorted(recording_dir.glob('*.mcap')))
     loaded = load_checkpoint(checkpoint)
     unnorm_key = unnorm_key or recording.policy_settings['unnorm_key']
-    recorded = make_policy(loaded, unnorm_key, recording,
-                           CtrConfig.from_parameters(recording.policy_settings))
+    recorded = make_policy(loaded, unnorm_key, recording, recording.ctr_config)
     full = make_policy(loaded, unnorm_key, recording, PRESETS['off'])
     return {'message_counts': recording.message_counts,
             **summarize(run_replay(recorded, full, queries(recording)))}

@@ -46,7 +46,7 @@ def pareto_front(points: dict[str, dict[str, Any]]) -> list[str]:
     """Names of the settings no other setting beats on both FLOPs saved and deviation, by deviation."""
     front = [name for name, point in points.items()
              if not any(other['flops_reduction'] >= point['flops_reduction']
-                        and other['deviation_mean'] <= point['deviation_mean'] and other is not point
+                        and other['deviation_mean'] <= point['deviation_mean']
                         and (other['flops_reduction'], other['deviation_mean'])
                         != (point['flops_reduction'], point['deviation_mean'])
                         for other in points.values())]
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     recording = open_recording(args.recording)
     checkpoint, unnorm_key = load_policy_checkpoint(recording, args)
-    recorded = recording.policy_settings
-    base = CtrConfig.from_parameters(recorded) if any(name.startswith('ctr.') for name in recorded) \
-        else PRESETS['paper']
+    base = recording.ctr_config or PRESETS['paper']
     settings = {name: config for name, config in PRESETS.items() if name != 'off'} | grid(base, args)
 
     baseline = [result.normalized_actions for _, (result,) in
