@@ -58,8 +58,9 @@ test-ros: setup setup-sim
 	$(VENV_PYTHON) -m pytest -m "ros or build"
 
 # The main job: LIBERO simulation + policy (CTR on) + diagnostics in closed loop, one bounded episode; writes
-# demo_output/ (GIF, contact sheet of the reuse overlays, summary). CHECKPOINT=DIR for a real OpenVLA-OFT checkpoint.
-DEMO_STEPS ?= 120
+# demo_output/ (GIF, contact sheet of the reuse overlays, summary). The policy trained here by default;
+# CHECKPOINT=DIR for another OpenVLA-OFT checkpoint, DEMO_ARGS=--random-weights for a tiny random-weight one.
+DEMO_STEPS ?= 300
 CHECKPOINT ?=
 DEMO_ARGS ?=
 demo: setup setup-sim

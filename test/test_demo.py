@@ -35,9 +35,10 @@ def test_demo_runs_end_to_end_and_writes_its_files(tmp_path, ros_domain):
     result = subprocess.run([sys.executable, '-m', 'ctr_vla_ros.tools.demo', '--steps', '20', '--output',
                              str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert 'RANDOM WEIGHTS' in result.stdout
     summary = json.loads((tmp_path / 'summary.json').read_text())
-    assert summary['random_weights'] and summary['sim_steps'] == 20
+    # By default the shipped, trained checkpoint on its task (the episode is cut short long before success).
+    assert not summary['random_weights'] and summary['sim_steps'] == 20
+    assert summary['instruction'] == 'put the bowl on the stove'
     assert summary['queries'] >= 2 and summary['keyframes'] >= 1
     assert set(summary['exit_codes'].values()) == {0}
     assert 0 < summary['flops_saved'] < 1
@@ -50,4 +51,4 @@ def test_demo_runs_end_to_end_and_writes_its_files(tmp_path, ros_domain):
     assert counts['/ctr_vla_policy/predicted_path'] == counts['/ctr_vla_policy/action_chunk']
     assert counts['/camera/primary/image_raw'] >= 20 and counts['/ee_pose'] >= 20 and counts['/instruction'] == 1
     assert replayed['reproduced'] and replayed['queries'] >= 2
-    assert 'Random weights' in (tmp_path / 'summary.md').read_text()
+    assert 'Random weights' not in (tmp_path / 'summary.md').read_text()

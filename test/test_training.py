@@ -242,6 +242,10 @@ def test_command_line_trains_exports_and_refuses_a_changed_resume(libero_files, 
     assert load_checkpoint(output / 'checkpoint').architecture == PRESETS['tiny']
     assert main(['--resume', '--output', str(output), '--batch-size', '8']) == 2
     assert 'batch_size' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a fine-tuned model keeps its checkpoint's architecture
+        main([*libero_files, '--output', str(tmp_path / 'fine-tune'), '--init-checkpoint', str(output / 'checkpoint'),
+              '--arch', 'small'])
+    assert 'brings its own architecture' in capsys.readouterr().err
 
 
 def test_small_preset_keeps_the_release_structure_and_exports_under_50_mb():

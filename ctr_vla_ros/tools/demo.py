@@ -6,12 +6,15 @@ its offline replay, and a summary.
 Where `ros2 launch` exists this is `ros2 launch ctr_vla_ros bringup.launch.py robot:=sim rviz:=false`. Here (no ROS
 distro) the same executables start with the same parameters: the package's parameter files and the overrides the
 launch file applies for robot:=sim (config/robot_sim.yaml, the checkpoint and use_sim_time), and the recorder as
-record:=true starts it. With no checkpoint
-given, a tiny RANDOM-WEIGHT checkpoint is generated: the arm then moves meaninglessly, and the summary says so.
+record:=true starts it.
 
-    python -m ctr_vla_ros.tools.demo [--checkpoint DIR] [--steps 120] [--output demo_output]
-    python -m ctr_vla_ros.tools.demo --checkpoint models/libero_goal_small --unnorm-key libero_goal_no_noops \
-        --suite libero_goal --task 8 --init-state 40 --resolution 128 --steps 200
+By default the policy is the one trained by this package (models/libero_goal_small) on a LIBERO-Goal task it solves,
+from an initial state it never saw in training. `--random-weights` runs a tiny RANDOM-WEIGHT checkpoint instead: the
+arm then moves meaninglessly, and the summary says so.
+
+    python -m ctr_vla_ros.tools.demo [--steps 300] [--output demo_output] [--task 1] [--init-state 40]
+    python -m ctr_vla_ros.tools.demo --random-weights --steps 120
+    python -m ctr_vla_ros.tools.demo --checkpoint DIR   # with the parameter files' suite, task and key
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ TILE = 224
 # arm there for good; the random-weight demo relaxes that check and slows the rotation so the episode stays
 # watchable. A real checkpoint runs with the parameter file's values.
 RANDOM_WEIGHT_OVERRIDES = {'proprio_range_margin': 100.0, 'max_rotation_step': [0.05, 0.05, 0.05]}
+
+# The shipped policy was trained on LIBERO-Goal at 128x128 from initial states 0-39 (README, "A policy trained here");
+# task 1 is the one it solves most reliably.
+SHIPPED_CHECKPOINT = REPO / 'models' / 'libero_goal_small'
+SHIPPED_CHECKPOINT_SETTINGS = {'unnorm_key': 'libero_goal_no_noops', 'suite': 'libero_goal', 'task': 1,
+                               'init_state': 40, 'resolution': 128}
 
 
 class DemoClient(ClosedLoopClient):
@@ -187,10 +196,10 @@ def write_outputs(client: DemoClient, output: Path, random_weights: bool, codes:
     (output / 'summary.json').write_text(json.dumps(summary, indent=2))
     lines = ['# ctr_vla_ros demo', '']
     if random_weights:
-        lines += ['**Random weights.** No checkpoint was given, so the policy is a tiny OpenVLA-OFT with random '
+        lines += ['**Random weights** (`--random-weights`): the policy is a tiny OpenVLA-OFT with random '
                   'weights: the arm moves meaninglessly and the task cannot succeed. The pipeline, the CTR masks '
-                  'and the costs are real; run `make demo CHECKPOINT=/path/to/openvla-7b-oft-finetuned-libero-spatial` '
-                  'for a trained policy. To keep a random arm watchable, the demo slows its rotation and relaxes '
+                  'and the costs are real; without `--random-weights` the demo runs the policy trained by this '
+                  'package. To keep a random arm watchable, the demo slows its rotation and relaxes '
                   f'the trained-state-range check ({RANDOM_WEIGHT_OVERRIDES}).', '']
     lines += [f'- Task: "{summary["instruction"]}"',
               f'- Simulation steps: {summary["sim_steps"]} ({summary["commanded_steps"]} commanded, '
@@ -216,8 +225,11 @@ def write_outputs(client: DemoClient, output: Path, random_weights: bool, codes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--checkpoint', type=Path, help='OpenVLA-OFT checkpoint (default: tiny random weights)')
-    parser.add_argument('--steps', type=int, default=120, help='simulation steps in the episode')
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('--checkpoint', type=Path, help=f'OpenVLA-OFT checkpoint (default: {SHIPPED_CHECKPOINT.name}, '
+                        'trained by this package, with its task and settings)')
+    source.add_argument('--random-weights', action='store_true', help='a tiny checkpoint with random weights')
+    parser.add_argument('--steps', type=int, default=300, help='simulation steps in the episode (at most)')
     parser.add_argument('--output', type=Path, default=REPO / 'demo_output')
     parser.add_argument('--timeout', type=float, default=540.0, help='wall-clock limit for the episode (s)')
     parser.add_argument('--unnorm-key', help="the checkpoint's dataset statistics key (default: the parameter file's)")
@@ -234,11 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     logs = args.output / 'logs'
     logs.mkdir(exist_ok=True)
-    random_weights = args.checkpoint is None
+    random_weights = args.random_weights
     if random_weights:
-        print('*** No checkpoint given: using a tiny checkpoint with RANDOM WEIGHTS. The arm will move '
-              'meaninglessly; the pipeline, masks and costs are real. ***')
-    checkpoint = args.checkpoint or demo_checkpoint()
+        print('*** A tiny checkpoint with RANDOM WEIGHTS: the arm will move meaninglessly; the pipeline, masks and '
+              'costs are real. ***')
+        checkpoint = demo_checkpoint()
+    elif args.checkpoint is None:
+        checkpoint = SHIPPED_CHECKPOINT
+        for name, value in SHIPPED_CHECKPOINT_SETTINGS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    else:
+        checkpoint = args.checkpoint
 
     started = time.monotonic()
     policy = {'checkpoint': str(checkpoint), **(RANDOM_WEIGHT_OVERRIDES if random_weights else {})}

@@ -54,7 +54,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--device', help='cpu (default) or cuda (untested)')
     parser.add_argument('--dtype', choices=('fp32', 'bf16'), help='fp32 (default) or bf16 autocast (untested)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s choice)')
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    if arguments.init_checkpoint and arguments.architecture in PRESETS:
+        parser.error(f'--arch {arguments.architecture} with --init-checkpoint: the checkpoint brings its own '
+                     'architecture (--arch then takes only an override file for loading it)')
+    return arguments
 
 
 def config_from_arguments(arguments: argparse.Namespace) -> TrainingConfig:
