@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         ctr, source = PRESETS[args.preset], f'preset {args.preset}'
     elif args.ctr_params:
         ctr, source = CtrConfig.from_yaml(args.ctr_params), str(args.ctr_params)
-    elif recording.ctr_config is not None:
-        ctr, source = recording.ctr_config, 'as recorded'
+    elif (recorded := recording.ctr_config) is not None:
+        ctr, source = recorded, 'as recorded'
     else:
         ctr, source = PRESETS['paper'], 'preset paper (the recording has no policy settings)'
     checkpoint, unnorm_key = load_policy_checkpoint(recording, args)
