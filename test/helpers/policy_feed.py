@@ -25,6 +25,8 @@ class Feed:
         self.cameras_on = [True, True]
         self.corrupt = None  # callable(image message) -> message, applied to the primary camera
         self.published_stamps = []
+        self.clients = {}
+        self.last_sent = [None, None]  # stamp (s) of each camera's newest frame sent
         self.camera_publishers = [node.create_publisher(Image, topic, qos_profile_sensor_data)
                                   for topic in ('/camera/primary/image_raw', '/camera/wrist/image_raw')]
         self.state_publisher = node.create_publisher(Float64MultiArray, '/robot_state', qos_profile_sensor_data)
@@ -41,16 +43,20 @@ class Feed:
             primary = self.corrupt(primary)
         wrist_time = rclpy.time.Time(nanoseconds=now.nanoseconds + int(self.wrist_offset * 1e9))
         wrist = rgb_to_image(self.wrist, Header(stamp=wrist_time.to_msg(), frame_id='wrist_camera'))
-        for publisher, message, on in zip(self.camera_publishers, (primary, wrist), self.cameras_on):
-            if on:
+        for camera, (publisher, message) in enumerate(zip(self.camera_publishers, (primary, wrist))):
+            if self.cameras_on[camera]:
                 publisher.publish(message)
+                self.last_sent[camera] = message.header.stamp.sec + message.header.stamp.nanosec * 1e-9
         self.published_stamps.append((header.stamp.sec, header.stamp.nanosec))
 
     def publish_state(self):
         self.state_publisher.publish(Float64MultiArray(data=[float(value) for value in self.state]))
 
     def call(self, service_type, name, request):
-        client = self.driver.node.create_client(service_type, name)
+        # One client per service, kept: a new client's first request can wait for discovery at the server.
+        if name not in self.clients:
+            self.clients[name] = self.driver.node.create_client(service_type, name)
+        client = self.clients[name]
         assert client.wait_for_service(timeout_sec=20), f'{name} not available'
         future = client.call_async(request)
         wait_until(future.done, 20, f'{name} response')
