@@ -48,8 +48,10 @@ $(STAMPS)/package: $(STAMPS)/msgs setup.py setup.cfg package.xml $(wildcard laun
 	$(VENV_PYTHON) -m pip install -qq --no-deps --no-build-isolation --editable .
 	@touch $@
 
+# PYTEST_ARGS: e.g. "--durations=15", "-k policy_node".
+PYTEST_ARGS ?=
 test: setup setup-sim
-	$(VENV_PYTHON) -m pytest
+	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-core: setup
 	$(VENV_PYTHON) -m pytest -m "not ros and not build"
