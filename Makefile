@@ -15,7 +15,7 @@ export AMENT_PREFIX_PATH := $(VENV)
 export CMAKE_PREFIX_PATH := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-sim test test-core test-ros demo demos train eval bench bench-model bench-ctr bench-node clean
+.PHONY: setup setup-sim test test-core test-ros demo demos train eval eval-ros bench bench-model bench-ctr bench-node clean
 
 setup: $(STAMPS)/package
 
@@ -71,14 +71,17 @@ demo: setup setup-sim
 
 # A policy trained here (long CPU jobs, each resumable: run them with nohup and rerun to continue). The scripted
 # expert's demonstrations of LIBERO-Goal tasks in LIBERO's HDF5 layout (initial states 0-39; 40-49 are held out),
-# training of the package's own small OpenVLA-OFT, and the closed-loop evaluation with CTR off and on.
+# training of the package's own small OpenVLA-OFT, and the closed-loop evaluation with CTR off and on (in-process,
+# paired, EVAL_WORKERS processes; eval-ros: the same episodes over ROS, several times slower).
 TASKS ?= 1 4 7 8
 DEMOS ?= demos
 TRAINING_RUN ?= training_runs/libero_goal_small
 TRAIN_ARGS ?= --arch small --epochs 2.5 --batch-size 8 --threads 2
 TRAINED_CHECKPOINT ?= models/libero_goal_small
 EVAL_CONFIGS ?= off paper patch_reference fast
-EVAL_INIT_STATES ?= 40 44
+EVAL_INIT_STATES ?= 40 49
+EVAL_SAMPLED ?= 0 39
+EVAL_WORKERS ?= 2
 demos: setup setup-sim
 	$(VENV_PYTHON) -m ctr_vla_ros.tools.record_demos --tasks $(TASKS) --init-states 0-39 --output $(DEMOS)
 
@@ -88,6 +91,11 @@ train: setup
 	    --output $(TRAINING_RUN) $(TRAIN_ARGS)
 
 eval: setup setup-sim
+	$(VENV_PYTHON) -m ctr_vla_ros.evaluation.runner --checkpoint $(TRAINED_CHECKPOINT) \
+	    --unnorm-key libero_goal_no_noops --suite libero_goal --tasks $(TASKS) --init-states $(EVAL_INIT_STATES) \
+	    $(if $(EVAL_SAMPLED),--sampled-inits $(EVAL_SAMPLED)) --configs $(EVAL_CONFIGS) --workers $(EVAL_WORKERS)
+
+eval-ros: setup setup-sim
 	$(VENV_PYTHON) -m ctr_vla_ros.tools.evaluate --checkpoint $(TRAINED_CHECKPOINT) --unnorm-key libero_goal_no_noops \
 	    --suite libero_goal --tasks $(TASKS) --init-states $(EVAL_INIT_STATES) --configs $(EVAL_CONFIGS) \
 	    --logs eval_logs

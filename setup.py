@@ -29,6 +29,7 @@ setup(
             'ctr-vla-replay = ctr_vla_ros.tools.replay:main',
             'ctr-vla-sweep = ctr_vla_ros.tools.sweep:main',
             'ctr-vla-to-mcap = ctr_vla_ros.tools.convert_to_mcap:main',
+            'ctr-vla-evaluate = ctr_vla_ros.evaluation.runner:main',
             'ctr_vla_policy = ctr_vla_ros.nodes.policy_node:main',
             'ctr_vla_diagnostics = ctr_vla_ros.nodes.diagnostics_node:main',
             'ctr_vla_recorder = ctr_vla_ros.nodes.recorder_node:main',

@@ -263,3 +263,21 @@ def test_dry_run_queries_without_enabling_and_never_commands():
     robot.answer()
     assert all(robot.tick().command is None for _ in range(10))
     assert supervisor.reset() is None and supervisor.shutdown() is None
+
+
+@pytest.mark.parametrize('mode, wanted', [('open_loop', [7]), ('overlap', [5])])
+def test_wants_frames_says_which_frames_the_next_tick_may_use(mode, wanted):
+    """Frames are wanted while a chunk is needed and none is being computed: after the tick that takes a chunk's
+    last step (open loop) or reaches the requery point (overlap, 2 steps left), and never while a query is in
+    flight (overlap: the tick after the requery point asks for the next chunk)."""
+    supervisor, robot = running(execution_mode=mode)
+    assert supervisor.wants_frames()
+    assert robot.tick().command.kind is CommandKind.HOLD  # the query for the first chunk
+    assert not supervisor.wants_frames()  # it is being computed
+    robot.answer()
+    after = []
+    for index in range(8):
+        assert robot.tick().command.kind is CommandKind.MOTION
+        if supervisor.wants_frames():
+            after.append(index)
+    assert after == wanted

@@ -30,6 +30,20 @@ def libero_state(position: np.ndarray, quaternion_xyzw: np.ndarray, gripper_posi
     return np.concatenate([np.asarray(position, dtype=np.float64), quaternion_to_axis_angle(quaternion), gripper])
 
 
+def state_refusal(state: np.ndarray, proprio_dim: int, statistics: dict[str, Any], margin: float) -> str:
+    """Why the policy refuses this robot state ('' if it accepts it): its size, non-finite values, or a value far
+    outside the trained range (`check_state_range`)."""
+    if state.shape != (proprio_dim,):
+        return f'expected a {proprio_dim}-D state, got {state.shape[0] if state.ndim else 0} values'
+    if not np.all(np.isfinite(state)):
+        return f'non-finite state {state.tolist()}'
+    try:
+        check_state_range(state, statistics, margin)
+    except ValueError as error:
+        return str(error)
+    return ''
+
+
 def check_state_range(state: np.ndarray, statistics: dict[str, Any], margin: float) -> None:
     """Refuse a state far outside what the model was trained on: beyond [q01, q99] widened by `margin` times the
     q01..q99 span on each side. Raises ValueError naming the dimensions."""

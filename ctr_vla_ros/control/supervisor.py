@@ -255,6 +255,12 @@ class Supervisor:
                                   self._gripper, planned.chunk_id, planned.index_in_chunk)
             return Tick(command, mode, problems, previous)
 
+    def wants_frames(self) -> bool:
+        """Whether the next tick may start a query: the executor needs a chunk and none is being computed, so camera
+        frames that arrive before that tick may be used. (A simulation that renders on demand asks this.)"""
+        with self._lock:
+            return self._executor.needs_query() and not self._inference_busy
+
     # ---------------------------------------------------------------------------------- inference side
     def wait_for_query(self, timeout: float | None = None) -> Query | None:
         """Blocks until a query is requested; None once the supervisor shuts down (or after `timeout` seconds)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, EndEffectorDelta, ReuseMask
 from diagnostic_msgs.msg import DiagnosticArray
@@ -34,7 +33,8 @@ from std_srvs.srv import SetBool, Trigger
 
 from ctr_vla_ros.control.camera_image import ImageError, image_to_rgb
 from ctr_vla_ros.control.chunk_execution import EXECUTION_MODES, ActionConvention, DeltaLimits
-from ctr_vla_ros.control.robot_state import check_state_range, libero_state
+from ctr_vla_ros.control.query_execution import run_query
+from ctr_vla_ros.control.robot_state import libero_state, state_refusal
 from ctr_vla_ros.control.supervisor import (Command, InstructionUpdate, Mode, Query, Supervisor,
                                             SupervisorSettings)
 from ctr_vla_ros.control.trajectory import predicted_path
@@ -45,7 +45,7 @@ from ctr_vla_ros.model.random_checkpoint import demo_checkpoint
 from ctr_vla_ros.nodes import messages
 from ctr_vla_ros.nodes.parameters import SHARED_PARAMETERS, ParameterSpec, ctr_parameter_specs, declare
 from ctr_vla_ros.nodes.runtime import run
-from ctr_vla_ros.policy import InputError, Prediction, VlaPolicy
+from ctr_vla_ros.policy import Prediction, VlaPolicy
 
 GIL_SWITCH_INTERVAL = 0.0005  # s
 SHUTDOWN_ACK_TIMEOUT = 0.2  # s: for the final STOP to be acknowledged (often no ack comes before the next heartbeat)
@@ -105,6 +105,7 @@ class PolicyNode(Node):
             pair_tolerance=settings['pair_tolerance'], state_timeout=settings['proprio_timeout'],
             execution_mode=settings['execution_mode'], requery_remaining=settings['requery_remaining'],
             limits=self.limits, dry_run=settings['dry_run']))
+        self.pose: tuple[np.ndarray, np.ndarray] | None = None  # position (m), quaternion x y z w
         self.gripper_positions: np.ndarray | None = None
         # (prediction, latency) of the newest executed query, for /diagnostics; replaced whole, so no lock.
         self.last_prediction: tuple[Prediction, float] | None = None
@@ -185,17 +186,10 @@ class PolicyNode(Node):
             self.get_logger().info(f'instruction: "{message.data.strip()}"')
 
     def on_pose(self, message: PoseStamped) -> None:
-        gripper = self.gripper_positions
-        if gripper is None:
-            return
         position, orientation = message.pose.position, message.pose.orientation
-        try:
-            state = libero_state(np.array([position.x, position.y, position.z]),
-                                 np.array([orientation.x, orientation.y, orientation.z, orientation.w]), gripper)
-        except ValueError as error:
-            self.reject_state(str(error))
-            return
-        self.check_and_store_state(state)
+        self.pose = (np.array([position.x, position.y, position.z]),
+                     np.array([orientation.x, orientation.y, orientation.z, orientation.w]))
+        self.combine_pose_and_gripper()
 
     def on_gripper(self, message: JointState) -> None:
         names = self.settings['gripper_joint_names']
@@ -204,24 +198,32 @@ class PolicyNode(Node):
         except (ValueError, IndexError):
             self.get_logger().error(f'gripper joint state lacks {names} (has {list(message.name)})',
                                     throttle_duration_sec=1.0)
+            return
+        self.combine_pose_and_gripper()
+
+    def combine_pose_and_gripper(self) -> None:
+        """The state from the newest pose and the newest gripper reading, whichever just arrived: a robot (or the
+        simulation) publishes the two one after the other, and a query must not pair a pose with the gripper
+        reading of the step before."""
+        if self.pose is None or self.gripper_positions is None:
+            return
+        try:
+            state = libero_state(*self.pose, self.gripper_positions)
+        except ValueError as error:
+            self.reject_state(str(error))
+            return
+        self.check_and_store_state(state)
 
     def on_state(self, message: Float64MultiArray) -> None:
         self.check_and_store_state(np.array(message.data, dtype=np.float64))
 
     def check_and_store_state(self, state: np.ndarray) -> None:
-        expected = self.policy.layout.proprio_dim
-        if state.shape != (expected,):
-            self.reject_state(f'expected a {expected}-D state, got {state.shape[0]} values')
-            return
-        if not np.all(np.isfinite(state)):
-            self.reject_state(f'non-finite state {state.tolist()}')
-            return
-        try:
-            check_state_range(state, self.policy.statistics['proprio'], self.settings['proprio_range_margin'])
-        except ValueError as error:
-            self.reject_state(str(error))
-            return
-        self.supervisor.set_state(state, self.now())
+        refusal = state_refusal(state, self.policy.layout.proprio_dim, self.policy.statistics['proprio'],
+                                self.settings['proprio_range_margin'])
+        if refusal:
+            self.reject_state(refusal)
+        else:
+            self.supervisor.set_state(state, self.now())
 
     def reject_state(self, reason: str) -> None:
         self.get_logger().error(f'robot state refused: {reason}', throttle_duration_sec=1.0)
@@ -261,28 +263,17 @@ class PolicyNode(Node):
             self.run_query(query)
 
     def run_query(self, query: Query) -> None:
-        if query.engine_reset:
-            self.policy.engine.reset(query.engine_reset)
-        started = time.perf_counter()
         observation_age = self.now() - query.frames.stamp
-        try:
-            prediction = self.policy.predict([rgb for rgb, _ in query.frames.frames], query.state, query.instruction,
-                                             timestamp=query.frames.stamp)
-        except InputError as error:
-            self.get_logger().error(f'input refused, no chunk: {error}', throttle_duration_sec=1.0)
-            self.supervisor.fail_query(str(error), model_fault=False)
-            return
-        except (FloatingPointError, RuntimeError, ValueError) as error:
-            self.get_logger().error(f'inference failed, motion stopped: {error}', throttle_duration_sec=1.0)
-            self.supervisor.fail_query(str(error), model_fault=True)
-            return
-        latency = time.perf_counter() - started
-        deltas = self.convention.to_deltas(prediction.actions)
-        chunk_id = self.supervisor.finish_query(query, deltas)
-        if chunk_id is None:
-            return  # invalidated while it was computed: dropped, never published
-        self.last_prediction = (prediction, latency)
-        self.publish_query_outputs(prediction, deltas, query, chunk_id, observation_age, latency)
+        outcome = run_query(self.policy, self.convention, self.supervisor, query)
+        if outcome.refusal:
+            self.get_logger().error(f'input refused, no chunk: {outcome.refusal}', throttle_duration_sec=1.0)
+        elif outcome.model_error:
+            self.get_logger().error(f'inference failed, motion stopped: {outcome.model_error}',
+                                    throttle_duration_sec=1.0)
+        elif outcome.chunk_id is not None:  # None: invalidated while it was computed, dropped unpublished
+            self.last_prediction = (outcome.prediction, outcome.latency)
+            self.publish_query_outputs(outcome.prediction, outcome.deltas, query, outcome.chunk_id, observation_age,
+                                       outcome.latency)
 
     # ----------------------------------------------------------------------------------- publishing
     def publish_query_outputs(self, prediction: Prediction, deltas: np.ndarray, query: Query, chunk_id: int,

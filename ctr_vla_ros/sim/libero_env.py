@@ -4,6 +4,15 @@ LIBERO renders offscreen with MuJoCo (MUJOCO_GL=osmesa on a CPU-only machine, eg
 [-1, 1]: delta position (1.0 = 5 cm), delta axis-angle (1.0 = 0.5 rad), gripper -1 open / +1 close, at 20 Hz.
 Its images come out upside down; they are rotated here, so the simulated cameras look like mounted cameras and the
 policy runs with rotate180 off, as on a real robot.
+
+Rendering the two cameras costs about 90% of a step on a CPU (OSMesa), and a policy that executes 8-step chunks
+looks at one frame pair in 9. `step(action, render=False)` skips the cameras: robosuite samples every observable at
+the same point of each step, and the cameras' sensors are wrapped so that they render only when asked to, at that
+same point; rendering only reads the physics (a test checks that the states and the rendered frames are the same
+as when rendering every step).
+
+Starts: one of the task's fixed initial states (`reset`), or a fresh placement drawn from the task's own BDDL
+placement regions by LIBERO's samplers, deterministic by a seed (`reset_sampled`).
 """
 
 from __future__ import annotations
@@ -17,6 +26,10 @@ CONTROL_PERIOD = 0.05  # s: LIBERO's 20 Hz
 TRANSLATION_PER_UNIT = 0.05  # m per action unit
 ROTATION_PER_UNIT = 0.5  # rad per action unit
 SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1.0])  # what the authors' evaluation sends while objects settle
+CAMERA_OBSERVABLES = ('agentview_image', 'robot0_eye_in_hand_image')
+# A sampled placement's seed is offset so that its random stream never equals a fixed initial state's (those seed
+# the fixtures with the state's index).
+SAMPLED_SEED_OFFSET = 1_000_000
 
 
 def libero_action(translation: np.ndarray, rotation: np.ndarray, gripper: float) -> np.ndarray:
@@ -26,10 +39,20 @@ def libero_action(translation: np.ndarray, rotation: np.ndarray, gripper: float)
     return np.clip(action, -1.0, 1.0)
 
 
+def command_action(motion: bool, translation: np.ndarray, rotation: np.ndarray, gripper: float,
+                   held_gripper: float) -> tuple[np.ndarray, float]:
+    """The LIBERO action for one step's command, and the gripper value held from then on: a MOTION moves the arm and
+    sets the gripper; anything else (a HOLD, a STOP, no command at all) holds the arm still with the gripper as it
+    was."""
+    if not motion:
+        return libero_action(np.zeros(3), np.zeros(3), held_gripper), held_gripper
+    return libero_action(translation, rotation, gripper), float(np.clip(gripper, -1.0, 1.0))
+
+
 @dataclasses.dataclass
 class Observation:
-    primary: np.ndarray  # (H, W, 3) uint8 RGB, upright: the third-person agentview camera
-    wrist: np.ndarray  # (H, W, 3) uint8 RGB, upright: the eye-in-hand camera
+    primary: np.ndarray | None  # (H, W, 3) uint8 RGB, upright: the third-person agentview camera (None: not rendered)
+    wrist: np.ndarray | None  # (H, W, 3) uint8 RGB, upright: the eye-in-hand camera (None: not rendered)
     eef_position: np.ndarray  # (3,) m, world frame
     eef_quaternion_xyzw: np.ndarray  # (4,)
     gripper_positions: np.ndarray  # (2,) finger joint positions, m
@@ -61,6 +84,8 @@ class LiberoSimulation:
         self.bddl_file = os.path.join(get_libero_path('bddl_files'), task.problem_folder, task.bddl_file)
         self.env = OffScreenRenderEnv(bddl_file_name=self.bddl_file, camera_heights=resolution,
                                       camera_widths=resolution)
+        self._camera_shape = (resolution, resolution, 3)
+        self._render_cameras = True
         self.env.seed(seed)
         self.settle_steps = settle_steps
         self.init_state = init_state
@@ -76,20 +101,57 @@ class LiberoSimulation:
         self.init_state %= len(self.init_states)
         if seed is not None:
             self.env.seed(seed)
-        self.env.reset()
+        self._reset_scene()
+        self._render_cameras = self.settle_steps == 0  # otherwise the last settling step renders
         raw = self.env.set_init_state(self.init_states[self.init_state])
-        for _ in range(self.settle_steps):
-            raw, _, _, _ = self.env.step(SETTLE_ACTION)
-        return self._observation(raw)
+        return self._settle(raw)
 
-    def step(self, action: np.ndarray) -> Observation:
+    def reset_sampled(self, seed: int) -> Observation:
+        """Start an episode from a fresh placement of the task's objects and fixtures, drawn from the regions of its
+        BDDL file by LIBERO's placement samplers with numpy's generator seeded by `seed` alone; then let objects
+        settle."""
+        self.env.seed(SAMPLED_SEED_OFFSET + seed)
+        self._reset_scene()
+        return self._settle(None)
+
+    def step(self, action: np.ndarray, render: bool = True) -> Observation:
+        """One control step; `render=False` leaves the cameras out of the observation (None)."""
+        self._render_cameras = render
         raw, _, _, _ = self.env.step(np.asarray(action, dtype=np.float64))
-        return self._observation(raw)
+        return self._observation(raw, render)
 
-    def _observation(self, raw: dict) -> Observation:
+    def _reset_scene(self) -> None:
+        """LIBERO's reset (a hard reset: new sensors), then the cameras' sensors wrapped to render on request."""
+        from robosuite.utils.observables import sensor
+
+        self.env.reset()
+        observables = self.env.env._observables
+        self._render_cameras = False  # set_sensor calls the sensor once to learn its shape
+        for name in CAMERA_OBSERVABLES:
+            render = observables[name]._sensor
+            blank = np.zeros(self._camera_shape, dtype=np.uint8)
+
+            @sensor(modality=render.__modality__)
+            def camera_on_request(obs_cache, render=render, blank=blank):
+                return render(obs_cache) if self._render_cameras else blank
+
+            observables[name].set_sensor(camera_on_request)
+
+    def _settle(self, raw: dict | None) -> Observation:
+        """Still arm, gripper open, for `settle_steps` steps; the cameras render for the last observation only."""
+        for step in range(self.settle_steps):
+            self._render_cameras = step == self.settle_steps - 1
+            raw, _, _, _ = self.env.step(SETTLE_ACTION)
+        if raw is None:  # a sampled placement without settling: the observation of the placement itself
+            self._render_cameras = True
+            raw = self.env.env._get_observations(force_update=True)
+        self._render_cameras = True
+        return self._observation(raw, True)
+
+    def _observation(self, raw: dict, rendered: bool) -> Observation:
         return Observation(
-            primary=np.ascontiguousarray(raw['agentview_image'][::-1, ::-1]),
-            wrist=np.ascontiguousarray(raw['robot0_eye_in_hand_image'][::-1, ::-1]),
+            primary=np.ascontiguousarray(raw['agentview_image'][::-1, ::-1]) if rendered else None,
+            wrist=np.ascontiguousarray(raw['robot0_eye_in_hand_image'][::-1, ::-1]) if rendered else None,
             eef_position=np.array(raw['robot0_eef_pos'], dtype=np.float64),
             eef_quaternion_xyzw=np.array(raw['robot0_eef_quat'], dtype=np.float64),
             gripper_positions=np.array(raw['robot0_gripper_qpos'], dtype=np.float64),
@@ -145,7 +207,8 @@ class LiberoSimulation:
 
     def set_sim_state(self, state: np.ndarray) -> Observation:
         """Put the simulation in a recorded state (no settling), e.g. to replay a dataset's `states`."""
-        return self._observation(self.env.set_init_state(state))
+        self._render_cameras = True
+        return self._observation(self.env.set_init_state(state), True)
 
     def close(self) -> None:
         """Release the renderer. Call from the thread that created the simulation: MuJoCo's offscreen context

@@ -33,7 +33,7 @@ from std_srvs.srv import Trigger
 from ctr_vla_ros.nodes.image_conversion import rgb_to_image
 from ctr_vla_ros.nodes.parameters import CAMERA_TOPIC_PARAMETERS, ROBOT_TOPIC_PARAMETERS, ParameterSpec, declare
 from ctr_vla_ros.nodes.runtime import run
-from ctr_vla_ros.sim.libero_env import CONTROL_PERIOD, LiberoSimulation, Observation, libero_action
+from ctr_vla_ros.sim.libero_env import CONTROL_PERIOD, LiberoSimulation, Observation, command_action
 
 PARAMETERS = CAMERA_TOPIC_PARAMETERS + ROBOT_TOPIC_PARAMETERS + [
     ParameterSpec('suite', 'libero_spatial', 'LIBERO suite: libero_spatial, libero_object, libero_goal, libero_10'),
@@ -128,11 +128,11 @@ class LiberoSimNode(Node):
             if self.done:
                 continue  # the episode is over: keep publishing the final observation until a reset
             if command is None or command.kind != EndEffectorDelta.MOTION:
-                action = libero_action(np.zeros(3), np.zeros(3), self.gripper)
+                action, self.gripper = command_action(False, np.zeros(3), np.zeros(3), 0.0, self.gripper)
                 self.hold_steps += 1
             else:
-                action = libero_action(np.array(command.translation), np.array(command.rotation), command.gripper)
-                self.gripper = float(np.clip(command.gripper, -1.0, 1.0))
+                action, self.gripper = command_action(True, np.array(command.translation), np.array(command.rotation),
+                                                      command.gripper, self.gripper)
                 self.commanded_steps += 1
             observation = self.sim.step(action)
             self.step += 1

@@ -16,7 +16,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ctr_vla_ros.tools.evaluate import markdown_table  # noqa: E402
+from ctr_vla_ros.evaluation.statistics import markdown_table  # noqa: E402
 
 BENCHMARKS = Path('benchmarks')
 RESULTS = BENCHMARKS / 'results'
@@ -195,17 +195,23 @@ def node_section(results: list[dict[str, Any]]) -> list[str]:
 def eval_section(name: str, results: dict[str, Any]) -> list[str]:
     settings = results['settings']
     tasks = ', '.join(str(task) for task in settings['tasks'])
-    return [f'## Closed-loop task success: `{settings["checkpoint"]}`, {settings["suite"]} tasks {tasks}', '',
-            'Command: `make eval` (`python -m ctr_vla_ros.tools.evaluate`): the LIBERO simulation and the policy node '
-            'as separate processes over ROS, one episode per initial state, every configuration on the same '
-            f'episodes. Suite `{settings["suite"]}`, tasks {settings["tasks"]}, initial states '
-            f'{settings["init_states"][0]}..{settings["init_states"][1]} (not used for training), at most '
-            f'{settings["max_steps"]} steps, {settings["resolution"]}x{settings["resolution"]} cameras; measured '
-            f'{results["machine"]["date"]} on {results["machine"]["cpu"]}. Results: `benchmarks/results/{name}.json`.',
-            '', *markdown_table(results), '',
-            'Success 95% CI: Wilson score interval. Step time: the policy\'s whole query (preprocessing, mask, vision, '
-            'projector, LLM, head), median over every query of every episode; speed-up against `off` in the same '
-            'run. FLOPs -%: executed against full recompute over all queries.', '']
+    kinds = sorted({start.split('-')[0] for start in settings['starts']})
+    over_ros = settings.get('harness') == 'ros'
+    command = ('`make eval-ros` (`python -m ctr_vla_ros.tools.evaluate`): the LIBERO simulation and the policy node as '
+               'separate processes over ROS' if over_ros else
+               '`make eval` (`python -m ctr_vla_ros.evaluation.runner`): the LIBERO simulation, the policy and the '
+               "policy node's execution rules in one process per worker")
+    return [f'## Closed-loop task success: `{settings["checkpoint"]}`, {settings["suite"]} tasks {tasks}'
+            f'{" (over ROS)" if over_ros else ""}', '',
+            f'Command: {command}; every configuration on the same episodes. {len(settings["starts"])} starts per '
+            f'task ({" and ".join(kinds)}), at most {settings["max_steps"]} steps, '
+            f'{settings["resolution"]}x{settings["resolution"]} cameras; measured {results["machine"]["date"]} on '
+            f'{results["machine"]["cpu"]}. Results: `benchmarks/results/{name}.json`.',
+            '', *markdown_table(results['configurations']), '',
+            'Success 95% CI: Wilson score interval. Off only / config only: the discordant pairs against `off` on the '
+            "same episodes; McNemar p: the exact two-sided test on them. Median query: the policy's whole predict; "
+            'speed-up against `off` in the same run. FLOPs saved: executed against full recompute over all '
+            'queries.', '']
 
 
 def main() -> None:

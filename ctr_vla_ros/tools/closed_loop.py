@@ -31,14 +31,15 @@ def start_simulation_stack(logs: Path, policy: dict[str, Any], simulation: dict[
 
 
 class ClosedLoopClient:
-    """A ROS node in this process, spinning in the background: the latest SimStatus, every CtrStats and ActionChunk
-    (cleared per episode by the caller), and the services to enable the policy and reset both sides."""
+    """A ROS node in this process, spinning in the background: the latest SimStatus, every CtrStats, ActionChunk and
+    ReuseMask per camera (`clear_outputs` per episode), and the services to enable the policy and reset both
+    sides."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, camera_names: tuple[str, ...] = ('primary', 'wrist')) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
-        from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, SimStatus
+        from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, ReuseMask, SimStatus
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
@@ -50,9 +51,13 @@ class ClosedLoopClient:
         self.status: Any = None
         self.stats: list[Any] = []
         self.chunks: list[Any] = []
+        self.masks: dict[str, list[Any]] = {camera: [] for camera in camera_names}
         self.node.create_subscription(SimStatus, '/ctr_vla_libero_sim/status', self.on_status, 10)
         self.node.create_subscription(CtrStats, '/ctr_vla_policy/ctr_stats', self.on_stats, 10)
         self.node.create_subscription(ActionChunk, '/ctr_vla_policy/action_chunk', self.on_chunk, 10)
+        for camera in camera_names:
+            self.node.create_subscription(ReuseMask, f'/ctr_vla_policy/reuse_mask/{camera}',
+                                          lambda mask, camera=camera: self.on_mask(camera, mask), 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -69,6 +74,17 @@ class ClosedLoopClient:
     def on_chunk(self, chunk: Any) -> None:
         with self.lock:
             self.chunks.append(chunk)
+
+    def on_mask(self, camera: str, mask: Any) -> None:
+        with self.lock:
+            self.masks[camera].append(mask)
+
+    def clear_outputs(self) -> None:
+        with self.lock:
+            self.stats.clear()
+            self.chunks.clear()
+            for masks in self.masks.values():
+                masks.clear()
 
     def call(self, service_type: type, name: str, request: Any, timeout: float = SERVICE_TIMEOUT) -> Any:
         client = self.node.create_client(service_type, name)

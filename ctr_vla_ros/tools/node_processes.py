@@ -119,3 +119,22 @@ def interrupt_all(processes: Sequence[NodeProcess], timeout: float = 60.0) -> di
         if node.process.poll() is None:
             node.process.send_signal(signal.SIGINT)
     return {node.executable: node.interrupt(timeout) for node in processes}
+
+
+def parameter_file_values(node: str, parameter_files: Sequence[Path]) -> dict[str, Any]:
+    """The parameters these files give a node, read as ROS reads them without starting it: each file's `/**` section,
+    then the node's own section, later files overriding earlier ones; nested keys flattened to `ctr.top_k`."""
+    values: dict[str, Any] = {}
+
+    def flatten(section: dict[str, Any], prefix: str = '') -> None:
+        for key, value in section.items():
+            if isinstance(value, dict):
+                flatten(value, f'{prefix}{key}.')
+            else:
+                values[f'{prefix}{key}'] = value
+
+    for path in parameter_files:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        for section in ('/**', node):
+            flatten((data.get(section) or {}).get('ros__parameters', {}))
+    return values

@@ -1,0 +1,77 @@
+"""The results of one evaluation, resumable: a JSON with the settings, the paired summary of every configuration and
+every episode (rewritten after each episode, atomically), and a gzip log of every query of every episode (one
+JSON line per episode, appended), for the analysis of where configurations diverge. The in-process runner and the
+ROS harness write the same files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ctr_vla_ros.evaluation.statistics import summarize
+from ctr_vla_ros.tools.benchmarking import machine_description
+
+
+def read_query_log(path: Path) -> list[dict[str, Any]]:
+    """The episodes of a query log, up to a member cut short by a killed run."""
+    episodes = []
+    if not path.is_file():
+        return episodes
+    try:
+        with gzip.open(path, 'rt') as file:
+            for line in file:
+                episodes.append(json.loads(line))
+    except (EOFError, OSError, zlib.error, json.JSONDecodeError):
+        pass  # the rest was being written when the run stopped
+    return episodes
+
+
+class Results:
+    """The results JSON and the query log of one evaluation, resumable."""
+
+    def __init__(self, output: Path, settings: dict[str, Any], configs: list[str]) -> None:
+        self.output = output
+        self.query_log = output.with_name(output.stem + '_queries.jsonl.gz')
+        self.settings = settings
+        self.configs = configs
+        previous = json.loads(output.read_text()) if output.is_file() else {}
+        self.episodes: list[dict[str, Any]] = (previous.get('episodes', []) if previous.get('settings') == settings
+                                               else [])
+        done = self.done
+        logged = [episode for episode in read_query_log(self.query_log) if self.key(episode) in done]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(self.query_log, 'wt') as file:  # rewritten without what the results do not hold
+            for episode in logged:
+                file.write(json.dumps(episode) + '\n')
+
+    @staticmethod
+    def key(episode: dict[str, Any]) -> tuple[str, int, str]:
+        return episode['configuration'], episode['task_id'], episode['start']
+
+    @property
+    def done(self) -> set[tuple[str, int, str]]:
+        return {self.key(episode) for episode in self.episodes}
+
+    def add(self, episode: dict[str, Any]) -> None:
+        with gzip.open(self.query_log, 'at') as file:
+            file.write(json.dumps({key: episode[key] for key in ('configuration', 'task_id', 'start', 'success',
+                                                                 'queries')}) + '\n')
+        self.episodes.append({key: value for key, value in episode.items() if key != 'queries'})
+        self.write()
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        by_config = {name: [episode for episode in self.episodes if episode['configuration'] == name]
+                     for name in self.configs}
+        return {name: summarize(items, by_config['off'] if name != 'off' else None)
+                for name, items in by_config.items() if items}
+
+    def write(self) -> None:
+        results = {'settings': self.settings, 'machine': machine_description(), 'configurations': self.summaries(),
+                   'episodes': sorted(self.episodes, key=lambda episode: (episode['configuration'],
+                                                                          episode['task_id'], episode['start']))}
+        temporary = self.output.with_suffix('.json.tmp')
+        temporary.write_text(json.dumps(results, indent=1))
+        temporary.replace(self.output)  # never half a file, whenever the run is stopped
