@@ -244,3 +244,38 @@ def test_the_paper_preset_is_the_papers_method():
     assert paper.vision_reuse and paper.llm_reuse and paper.unified and paper.llm_reuse_start_layer == 0
     assert PRESETS['patch_reference'] == paper.replace(reference='patch')
     assert CtrConfig() == paper  # the node's default until the per-patch reference is shown at least as good
+
+
+def test_the_fragility_control_perturbs_keys_and_values_by_the_size_asked_for(checkpoint, libero_sequence):
+    """Visual noise (CTR off): the chosen share of visual positions gets noise of the asked relative size on its
+    keys and values at every layer, the rest is untouched, and the draws follow the seed from the last reset."""
+    from ctr_vla_ros.ctr.engine import VisualNoise
+
+    layers = checkpoint.architecture.llm.num_layers
+    plain = make_policy(checkpoint, PRESETS['off'])
+    plain.predict(*inputs(libero_sequence, 0))
+    fresh = [(layer.key.clone(), layer.value.clone()) for layer in plain.engine.cached_llm]
+
+    def noisy(seed):
+        policy = make_policy(checkpoint, PRESETS['off'])
+        policy.engine.visual_noise = VisualNoise(0.25, tuple(0.1 * (layer + 1) for layer in range(layers)), seed)
+        policy.engine.reset()
+        return policy, policy.predict(*inputs(libero_sequence, 0))
+
+    policy, first = noisy(seed=3)
+    tokens = checkpoint.architecture.patches_per_image * 2
+    (key, value), cached = fresh[0], policy.engine.cached_llm[0]  # later layers also see the noise before them
+    changed = (cached.key != key).any(dim=(0, 1, 3))
+    assert int(changed.sum()) == round(0.25 * tokens) and not changed[0] and not changed[tokens + 1:].any()
+    rows = changed.nonzero().squeeze(1)
+    for perturbed, original in ((cached.key, key), (cached.value, value)):
+        error = torch.linalg.norm(perturbed[:, :, rows] - original[:, :, rows]) / torch.linalg.norm(
+            original[:, :, rows])
+        assert float(error) == pytest.approx(0.1, rel=1e-4)
+    assert not np.allclose(first.normalized_actions, plain.predict(*inputs(libero_sequence, 0)).normalized_actions)
+    np.testing.assert_array_equal(noisy(seed=3)[1].normalized_actions, first.normalized_actions)
+    assert not np.array_equal(noisy(seed=4)[1].normalized_actions, first.normalized_actions)
+    with pytest.raises(ValueError, match='CTR off'):
+        reusing = make_policy(checkpoint, PRESETS['paper'])
+        reusing.engine.visual_noise = VisualNoise(0.25, (0.1,) * layers)
+        reusing.predict(*inputs(libero_sequence, 0))

@@ -215,3 +215,43 @@ def test_the_ros_harness_and_the_runner_produce_the_same_actions(libero, tiny_ch
         assert compared >= 1 and runner.queries[0].step == over_ros[0]['step'] == 1, (name, compared)
         print(f'{name}: {compared} of {len(over_ros)} queries compared')
     simulation.close()
+
+
+def test_staleness_is_zero_on_repeated_inputs_and_measured_per_layer_otherwise(tiny_checkpoint, libero_sequence):
+    from ctr_vla_ros.evaluation.staleness import measure, summarize as summarize_staleness
+    from ctr_vla_ros.model.checkpoint import load_checkpoint
+    from ctr_vla_ros.policy import VlaPolicy
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    everything = CONFIGS['paper'].replace(difference_threshold=1.0, top_k=0, max_reuse_per_image=0,
+                                          keyframe_interval=1000, input_timeout=1e6)
+    repeated = {key: np.stack([value[0]] * 3) if key != 'instruction' else value
+                for key, value in libero_sequence.items()}
+    for sequence, exact in ((repeated, True), ({key: value[:4] if key != 'instruction' else value
+                                                for key, value in libero_sequence.items()}, False)):
+        records = measure(VlaPolicy(checkpoint, 'libero_spatial_no_noops', ctr=everything),
+                          VlaPolicy(checkpoint, 'libero_spatial_no_noops', ctr=CONFIGS['off']), sequence)
+        summary = summarize_staleness(records)
+        assert summary['queries_with_reuse'] == len(sequence['agentview']) - 1 and summary['mean_reused'] == 1.0
+        layers = checkpoint.architecture.llm.num_layers
+        assert len(summary['keys']) == len(summary['values']) == layers
+        if exact:
+            assert summary['visual_tokens'] == 0.0 and max(summary['keys'] + summary['values']) == 0.0
+        else:
+            assert summary['visual_tokens'] > 0 and min(summary['keys'] + summary['values']) > 0
+
+
+def test_the_fragility_control_takes_its_size_from_the_staleness_measurement(tmp_path):
+    from ctr_vla_ros.evaluation.configurations import Configuration, configuration, fragility_noise
+
+    with pytest.raises(ValueError, match='measure it first'):
+        fragility_noise('tiny', tmp_path)
+    summaries = {'seq_a / paper': {'keys': [0.01, 0.2], 'values': [0.03, 0.2], 'mean_reused': 0.3},
+                 'seq_b / paper': {'keys': [0.01, 0.1], 'values': [0.03, 0.1], 'mean_reused': 0.1},
+                 'seq_a / fast': {'keys': [1.0, 1.0], 'values': [1.0, 1.0], 'mean_reused': 0.9}}
+    (tmp_path / 'staleness_tiny.json').write_text(json.dumps({'summaries': summaries}))
+    noise = fragility_noise('tiny', tmp_path)
+    assert noise.fraction == pytest.approx(0.2) and noise.relative == pytest.approx((0.02, 0.15))
+    chosen = Configuration(CONFIGS['off'], noise)
+    assert Configuration.from_json(json.loads(json.dumps(chosen.to_json()))) == chosen
+    assert configuration('fast', 'tiny') == Configuration(CONFIGS['fast'])

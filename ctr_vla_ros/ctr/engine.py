@@ -28,7 +28,7 @@ import torch
 
 from ctr_vla_ros.ctr.config import CtrConfig
 from ctr_vla_ros.ctr.mask import decide_masks, keyframe_masks
-from ctr_vla_ros.model.attention import AttentionProbe, KeyValueCache
+from ctr_vla_ros.model.attention import AttentionProbe, KeyValueCache, KeyValueNoise
 from ctr_vla_ros.model.checkpoint import PromptTokens
 from ctr_vla_ros.model.config import PATCH_SIZE
 from ctr_vla_ros.model.flops import StepFlops, count_step_flops
@@ -66,6 +66,19 @@ class StepReport:
     @property
     def keyframe(self) -> bool:
         return bool(self.keyframe_reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualNoise:
+    """The evaluation's fragility control, on a full recompute (CTR off): at every query a random `fraction` of the
+    visual positions gets random noise on its keys and values, `relative[layer]` times their norm at each LLM layer
+    (the size a reuse configuration's stale keys and values have, measured by evaluation/staleness.py). Does any
+    deviation of that size change the policy's actions as much as reuse does? The draws follow `seed` from the
+    last engine reset."""
+
+    fraction: float
+    relative: tuple[float, ...]  # per LLM layer
+    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -109,12 +122,27 @@ class CtrEngine:
         self.reset_count = 0
         self._cache: _Cache | None = None
         self._pending_reason = 'first_query'
+        self.visual_noise: VisualNoise | None = None  # the fragility control only (see VisualNoise)
+        self._noise_generator = torch.Generator()
+
+    @property
+    def cached_llm(self) -> list[KeyValueCache]:
+        """Per LLM layer, the keys and values the last query attended over: fresh at computed positions, carried
+        over from earlier queries at reused ones (empty before the first query)."""
+        return self._cache.llm if self._cache is not None else []
+
+    @property
+    def cached_visual_tokens(self) -> torch.Tensor | None:
+        """(num_images, patches, hidden): the visual tokens the last query fed the LLM (projector outputs)."""
+        return self._cache.projected if self._cache is not None else None
 
     def reset(self, reason: str = 'episode_reset') -> None:
         """Drop every cache: the next query is a keyframe with this reason."""
         self._cache = None
         self._pending_reason = reason
         self.reset_count += 1
+        if self.visual_noise is not None:
+            self._noise_generator.manual_seed(self.visual_noise.seed)
 
     def _keyframe_reason(self, query: ModelInput, now: float) -> str:
         cache, config = self._cache, self.config
@@ -165,6 +193,8 @@ class CtrEngine:
             self._cache = self._empty_cache(images)
             self.keyframe_count += 1
         cache = self._cache
+        if self.visual_noise is not None:
+            self._add_visual_noise(cache, num_images * patches)
         self._encode_images(query.pixel_values, reuse_vision, cache, times)
         normalized, scores, llm_computed = self._run_llm(query, reuse_llm, cache, times)
 
@@ -188,6 +218,17 @@ class CtrEngine:
             flops=flops, full_recompute_flops=count_step_flops(architecture, prompt_length), times=times)
         self.query_index += 1
         return normalized, report
+
+    def _add_visual_noise(self, cache: _Cache, visual_tokens: int) -> None:
+        noise = self.visual_noise
+        if self.config.enabled:
+            raise ValueError('visual noise is a control on full recompute: run it with CTR off')
+        if len(noise.relative) != len(cache.llm):
+            raise ValueError(f'visual noise gives {len(noise.relative)} layers, the LLM has {len(cache.llm)}')
+        count = int(round(noise.fraction * visual_tokens))
+        positions = 1 + torch.randperm(visual_tokens, generator=self._noise_generator)[:count].sort().values
+        for layer, relative in zip(cache.llm, noise.relative):
+            layer.noise = KeyValueNoise(positions.to(self.device), relative, self._noise_generator)
 
     def _empty_cache(self, images: torch.Tensor) -> _Cache:
         architecture = self.model.architecture

@@ -1,21 +1,70 @@
-"""The CTR configurations an evaluation can compare: the presets, the paper's switch ablation, or a parameter file's
-`ctr:` section (e.g. what ctr-vla-sweep recommends)."""
+"""The configurations an evaluation can compare: the CTR presets, the paper's switch ablation, a parameter file's
+`ctr:` section (e.g. what ctr-vla-sweep recommends), and the fragility control (`fragility`: full recompute with
+random noise of the size `paper`'s reuse introduces into the LLM's keys and values, see `VisualNoise`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
 from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
+from ctr_vla_ros.ctr.engine import VisualNoise
+from ctr_vla_ros.tools.benchmarking import RESULTS_DIR
 
 CONFIGS: dict[str, CtrConfig] = {
     **PRESETS,
     'vision_only': PRESETS['paper'].replace(llm_reuse=False),
     'llm_only': PRESETS['paper'].replace(vision_reuse=False),
 }
+FRAGILITY = 'fragility'
+FRAGILITY_OF = 'paper'  # the configuration whose deviation the fragility control reproduces
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    ctr: CtrConfig
+    noise: VisualNoise | None = None  # the fragility control only
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> Configuration:
+        noise = values.get('noise')
+        return cls(CtrConfig(**values['ctr']), None if noise is None else
+                   VisualNoise(noise['fraction'], tuple(noise['relative']), noise['seed']))
 
 
 def ctr_config(name: str) -> CtrConfig:
-    """A configuration by name (CONFIGS) or from a parameter file's `ctr:` section (a path ending in .yaml)."""
+    """A CTR configuration by name (CONFIGS) or from a parameter file's `ctr:` section (a path ending in .yaml)."""
     if name in CONFIGS:
         return CONFIGS[name]
     if not name.endswith(('.yaml', '.yml')):
         raise ValueError(f'not one of {sorted(CONFIGS)} and not a .yaml file')
     return CtrConfig.from_yaml(name)
+
+
+def fragility_noise(checkpoint_name: str, results_dir: Path = RESULTS_DIR) -> VisualNoise:
+    """Noise of the size `paper` introduces on this checkpoint: the share of visual tokens it reuses and the relative
+    error of their keys and values at each layer (their mean), from the staleness measurement."""
+    path = results_dir / f'staleness_{checkpoint_name}.json'
+    if not path.is_file():
+        raise ValueError(f'{path} is missing: measure it first (python -m ctr_vla_ros.evaluation.staleness)')
+    summaries = [summary for key, summary in json.loads(path.read_text())['summaries'].items()
+                 if key.endswith(f' / {FRAGILITY_OF}') and 'keys' in summary]
+    if not summaries:
+        raise ValueError(f'{path} has no measurement of {FRAGILITY_OF!r}')
+    layers = len(summaries[0]['keys'])
+    relative = tuple(sum(summary['keys'][layer] + summary['values'][layer] for summary in summaries)
+                     / (2 * len(summaries)) for layer in range(layers))
+    fraction = sum(summary['mean_reused'] for summary in summaries) / len(summaries)
+    return VisualNoise(fraction, relative)
+
+
+def configuration(name: str, checkpoint_name: str) -> Configuration:
+    """A configuration by name, parameter file, or the fragility control of this checkpoint."""
+    if name == FRAGILITY:
+        return Configuration(CONFIGS['off'], fragility_noise(checkpoint_name))
+    return Configuration(ctr_config(name))

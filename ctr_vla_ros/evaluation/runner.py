@@ -25,10 +25,11 @@ import multiprocessing
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
-from ctr_vla_ros.evaluation.configurations import CONFIGS, ctr_config
+from ctr_vla_ros.evaluation.configurations import CONFIGS, FRAGILITY, Configuration, configuration
 from ctr_vla_ros.evaluation.results import Results
 from ctr_vla_ros.evaluation.starts import Start, starts
 from ctr_vla_ros.evaluation.statistics import markdown_table
@@ -49,7 +50,6 @@ def _start_worker(checkpoint: str, unnorm_key: str, suite: str, resolution: int)
 
 
 def _run_job(job: tuple[str, dict[str, Any], int, str, int]) -> dict[str, Any]:
-    from ctr_vla_ros.ctr.config import CtrConfig
     from ctr_vla_ros.evaluation.rollout import run_episode
     from ctr_vla_ros.policy import VlaPolicy
     from ctr_vla_ros.sim.libero_env import LiberoSimulation
@@ -59,12 +59,17 @@ def _run_job(job: tuple[str, dict[str, Any], int, str, int]) -> dict[str, Any]:
     if task_id not in _worker['simulations']:
         _worker['simulations'][task_id] = LiberoSimulation(_worker['suite'], task_id,
                                                            resolution=_worker['resolution'])
+    chosen = Configuration.from_json(settings)
     if name not in _worker['policies']:
         _worker['policies'][name] = VlaPolicy(_worker['checkpoint'], _worker['unnorm_key'], rules.rotate180,
-                                              rules.center_crop, CtrConfig(**settings))
+                                              rules.center_crop, chosen.ctr)
+    policy = _worker['policies'][name]
+    if chosen.noise is not None:  # its own draws for each episode, whichever worker runs it
+        policy.engine.visual_noise = dataclasses.replace(chosen.noise, seed=zlib.crc32(f'{task_id} {start_key}'
+                                                                                       .encode()))
     started = time.perf_counter()
-    result = run_episode(_worker['simulations'][task_id], _worker['policies'][name], rules, task_id,
-                         Start.from_key(start_key), max_steps)
+    result = run_episode(_worker['simulations'][task_id], policy, rules, task_id, Start.from_key(start_key),
+                         max_steps)
     queries = result.queries
     count = max(len(queries), 1)
     return {
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--sampled-inits', type=int, nargs=2, metavar=('FIRST', 'LAST'),
                         help="placements drawn from each task's BDDL regions with seeds FIRST..LAST (inclusive)")
     parser.add_argument('--configs', nargs='+', default=['off', 'paper', 'patch_reference', 'fast'],
-                        help=f'{", ".join(sorted(CONFIGS))}, or parameter files with a ctr: section')
+                        help=f'{", ".join(sorted(CONFIGS))}, {FRAGILITY} (the fragility control), or parameter '
+                             'files with a ctr: section')
     parser.add_argument('--max-steps', type=int, default=300, help='episode step budget (holds included)')
     parser.add_argument('--resolution', type=int, default=128, help='camera image size of the simulation')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='worker processes')
@@ -105,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     configs = {}
     for name in args.configs:
         try:
-            configs[name] = ctr_config(name)
+            configs[name] = configuration(name, args.checkpoint.name)
         except (OSError, ValueError) as error:
             parser.error(f'configuration {name}: {error}')
     if 'off' not in configs:
-        configs = {'off': CONFIGS['off'], **configs}  # every comparison is paired with it, in the same run
+        configs = {'off': Configuration(CONFIGS['off']), **configs}  # everything is paired with it, in the same run
     chosen = starts(args.init_states, args.sampled_inits)
     training = [start.key for start in chosen if not start.reserved_for_evaluation]
     if training:
@@ -120,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = {'checkpoint': args.checkpoint.name, 'unnorm_key': args.unnorm_key, 'suite': args.suite,
                 'tasks': args.tasks, 'starts': [start.key for start in chosen], 'max_steps': args.max_steps,
                 'resolution': args.resolution,
-                'configurations': {name: dataclasses.asdict(config) for name, config in configs.items()}}
+                'configurations': {name: config.to_json() for name, config in configs.items()}}
     results = Results(output, settings, list(configs))
     done = results.done
-    jobs = [(name, dataclasses.asdict(config), task, start.key, args.max_steps)
+    jobs = [(name, config.to_json(), task, start.key, args.max_steps)
             for start in chosen for task in args.tasks for name, config in configs.items()
             if (name, task, start.key) not in done]
 

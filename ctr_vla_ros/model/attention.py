@@ -15,11 +15,28 @@ import torch.nn.functional as F
 
 
 @dataclasses.dataclass
+class KeyValueNoise:
+    """Random noise on the keys and values of some rows, `relative` times their norm (Frobenius, over those rows),
+    added whenever the rows are computed: an instrument for the evaluation's fragility control, never used to act."""
+
+    rows: torch.Tensor  # sequence positions
+    relative: float
+    generator: torch.Generator
+
+    def add(self, tensor: torch.Tensor) -> torch.Tensor:
+        selected = tensor[:, :, self.rows]
+        noise = torch.randn(selected.shape, generator=self.generator, dtype=torch.float32).to(tensor)
+        noise *= self.relative * torch.linalg.norm(selected.float()) / torch.linalg.norm(noise.float())
+        return tensor.index_add(2, self.rows, noise)
+
+
+@dataclasses.dataclass
 class KeyValueCache:
     """Keys and values of every token of one attention layer, shape (1, heads, tokens, head_dim)."""
 
     key: torch.Tensor | None = None
     value: torch.Tensor | None = None
+    noise: KeyValueNoise | None = None  # only in the fragility control, on a full recompute
 
 
 @dataclasses.dataclass
@@ -38,6 +55,8 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cache: K
     (None: every row, in order). Returns the attention output for the computed rows."""
     if cache is not None:
         if rows is None:  # every row is fresh: the cache simply becomes these keys and values
+            if cache.noise is not None:
+                key, value = cache.noise.add(key), cache.noise.add(value)
             cache.key, cache.value = key, value
         else:
             cache.key.index_copy_(2, rows, key)
