@@ -80,6 +80,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             sequence, config = key.split(' / ')
             layers = np.arange(len(summary[kind]))
             axis.plot(layers, summary[kind], marker='o', label=f'{config} ({sequence})')
+            axis.set_xticks(layers)
         axis.set_title(f'reused {kind} vs fresh recompute')
         axis.set_xlabel('LLM layer')
         axis.grid(alpha=0.3)

@@ -22,12 +22,11 @@ from tqdm import tqdm
 
 from ctr_vla_ros.control.robot_state import quaternion_to_axis_angle
 from ctr_vla_ros.data.libero_hdf5 import DemoFileWriter, Demonstration, demo_file_name
+from ctr_vla_ros.evaluation.starts import EVALUATION_FIXED, TRAINING_FIXED
 from ctr_vla_ros.sim.expert import LiberoGoalExpert
 from ctr_vla_ros.sim.libero_env import LiberoSimulation, Observation
 
 SUITE = 'libero_goal'
-TRAINING_INIT_STATES = range(0, 40)
-EVALUATION_INIT_STATES = range(40, 50)
 MAX_STEPS = 300  # OpenVLA-OFT's episode limit for LIBERO-Goal
 
 
@@ -85,7 +84,7 @@ def run_episode(simulation: LiberoSimulation, init_state: int, max_steps: int, k
 
 def record(task_ids: list[int], init_states: list[int], output: Path, resolution: int, max_steps: int) -> list[Episode]:
     """Record every (task, initial state) not in the output files yet; returns the episodes run."""
-    held_out = sorted(set(init_states) & set(EVALUATION_INIT_STATES))
+    held_out = sorted(set(init_states) & set(EVALUATION_FIXED))
     if held_out:
         raise ValueError(f'initial states {held_out} are held out for evaluation and are never recorded')
     episodes = []
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--tasks', type=int, nargs='+', required=True, help='LIBERO-Goal task ids')
     parser.add_argument('--init-states', type=parse_init_states,
-                        default=list(TRAINING_INIT_STATES), help='e.g. 0-39 (the default) or 0,3,7')
+                        default=list(TRAINING_FIXED), help='e.g. 0-39 (the default) or 0,3,7')
     parser.add_argument('--output', type=Path, default=Path('demos'), help='directory of the HDF5 files')
     parser.add_argument('--resolution', type=int, choices=(128, 256), default=128,
                         help="camera images (LIBERO's datasets: 128; OpenVLA-OFT's regenerated ones: 256)")
