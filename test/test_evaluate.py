@@ -255,3 +255,26 @@ def test_the_fragility_control_takes_its_size_from_the_staleness_measurement(tmp
     chosen = Configuration(CONFIGS['off'], noise)
     assert Configuration.from_json(json.loads(json.dumps(chosen.to_json()))) == chosen
     assert configuration('fast', 'tiny') == Configuration(CONFIGS['fast'])
+
+
+def test_divergence_finds_where_actions_and_arms_part_and_how_the_failure_ends():
+    from ctr_vla_ros.evaluation.divergence import analyse_pair, phase
+
+    def query(step, z, opening, distance, action):
+        return {'step': step, 'eef_position': [0.0, 0.0, z], 'gripper_opening': opening,
+                'goal_distances': {'bowl': distance}, 'normalized_actions': [[action] * 7] * 8,
+                'keyframe_reason': ''}
+
+    assert [phase(query(0, 1.0, 0.08, d, 0)) for d in (0.3, 0.05)] == ['reach', 'grasp']
+    assert [phase(query(0, 1.0, 0.005, d, 0)) for d in (0.07, 0.2)] == ['carry', 'empty']
+    off = {'task_id': 1, 'start': 'fixed-42', 'queries': [
+        query(1, 1.2, 0.08, 0.30, 0.0), query(10, 1.1, 0.08, 0.20, 0.5), query(19, 1.0, 0.08, 0.06, 0.5),
+        query(28, 0.95, 0.005, 0.07, -0.5), query(37, 1.05, 0.005, 0.07, 0.3)]}
+    failed = {'task_id': 1, 'start': 'fixed-42', 'queries': [
+        query(1, 1.2, 0.08, 0.30, 0.0), query(10, 1.1, 0.08, 0.20, 0.52), query(19, 1.0, 0.08, 0.06, 0.6),
+        query(28, 0.95, 0.005, 0.07, -0.5), query(37, 0.97, 0.005, 0.15, 0.1)]}
+    analysis = analyse_pair(off, failed, epsilon=0.05, separation=0.01)
+    assert analysis['first_action_divergence']['query'] == 2 and analysis['first_action_divergence']['phase'] == 'grasp'
+    assert analysis['first_separation']['query'] == 4 and analysis['first_separation']['phase'] == 'empty'
+    assert analysis['first_separation']['eef_speed'] == pytest.approx(0.02 / (9 * 0.05))
+    assert analysis['ending'] == 'dropped' and analysis['off_phases'][-1] == 'carry'
