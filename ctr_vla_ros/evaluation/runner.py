@@ -29,7 +29,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ctr_vla_ros.evaluation.configurations import CONFIGS, FRAGILITY, Configuration, configuration
+from ctr_vla_ros.evaluation.arguments import add_arguments, chosen_configurations
+from ctr_vla_ros.evaluation.configurations import Configuration
 from ctr_vla_ros.evaluation.results import Results
 from ctr_vla_ros.evaluation.starts import Start, starts
 from ctr_vla_ros.evaluation.statistics import markdown_table
@@ -90,32 +91,13 @@ def _run_job(job: tuple[str, dict[str, Any], int, str, int]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--checkpoint', type=Path, required=True)
-    parser.add_argument('--unnorm-key', required=True)
-    parser.add_argument('--suite', default='libero_goal')
-    parser.add_argument('--tasks', type=int, nargs='+', required=True)
-    parser.add_argument('--init-states', type=int, nargs=2, metavar=('FIRST', 'LAST'),
-                        help="LIBERO's fixed initial states FIRST..LAST (inclusive) of every task")
-    parser.add_argument('--sampled-inits', type=int, nargs=2, metavar=('FIRST', 'LAST'),
-                        help="placements drawn from each task's BDDL regions with seeds FIRST..LAST (inclusive)")
-    parser.add_argument('--configs', nargs='+', default=['off', 'paper', 'patch_reference', 'fast'],
-                        help=f'{", ".join(sorted(CONFIGS))}, {FRAGILITY} (the fragility control), or parameter '
-                             'files with a ctr: section')
-    parser.add_argument('--max-steps', type=int, default=300, help='episode step budget (holds included)')
-    parser.add_argument('--resolution', type=int, default=128, help='camera image size of the simulation')
+    add_arguments(parser, over_ros=False)
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='worker processes')
     parser.add_argument('--output', type=Path, help='results JSON (default: benchmarks/results/eval_<name>.json)')
     args = parser.parse_args(argv)
     if args.init_states is None and args.sampled_inits is None:
         parser.error('give --init-states, --sampled-inits or both')
-    configs = {}
-    for name in args.configs:
-        try:
-            configs[name] = configuration(name, args.checkpoint.name)
-        except (OSError, ValueError) as error:
-            parser.error(f'configuration {name}: {error}')
-    if 'off' not in configs:
-        configs = {'off': Configuration(CONFIGS['off']), **configs}  # everything is paired with it, in the same run
+    configs = chosen_configurations(parser, args, over_ros=False)
     chosen = starts(args.init_states, args.sampled_inits)
     training = [start.key for start in chosen if not start.reserved_for_evaluation]
     if training:

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ctr_vla_ros.evaluation.configurations import CONFIGS, ctr_config
+from ctr_vla_ros.evaluation.arguments import add_arguments, chosen_configurations
+from ctr_vla_ros.evaluation.configurations import Configuration
 from ctr_vla_ros.evaluation.results import Results
 from ctr_vla_ros.evaluation.statistics import markdown_table
 from ctr_vla_ros.sim.libero_env import CONTROL_PERIOD
@@ -68,11 +69,11 @@ def episode_record(config_name: str, task_id: int, init_state: int, status: Any,
     }
 
 
-def run_task(args: argparse.Namespace, config_name: str, task_id: int, init_states: list[int], logs: Path,
-             record: Any) -> None:
+def run_task(args: argparse.Namespace, config_name: str, configuration: Configuration, task_id: int,
+             init_states: list[int], logs: Path, record: Any) -> None:
     """One simulation + policy stack for one configuration and task; `record(episode)` is called per episode."""
-    config = dataclasses.asdict(ctr_config(config_name))
-    policy = {'checkpoint': str(args.checkpoint), 'unnorm_key': args.unnorm_key, 'ctr': config}
+    policy = {'checkpoint': str(args.checkpoint), 'unnorm_key': args.unnorm_key,
+              'ctr': dataclasses.asdict(configuration.ctr)}
     simulation = {'suite': args.suite, 'task_id': task_id, 'init_state': init_states[0],
                   'max_steps': args.max_steps, 'resolution': args.resolution, 'command_wait': args.command_wait}
     client = ClosedLoopClient('ctr_vla_evaluation')
@@ -101,30 +102,14 @@ def run_task(args: argparse.Namespace, config_name: str, task_id: int, init_stat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--checkpoint', type=Path, required=True)
-    parser.add_argument('--unnorm-key', required=True)
-    parser.add_argument('--suite', default='libero_goal')
-    parser.add_argument('--tasks', type=int, nargs='+', required=True)
-    parser.add_argument('--init-states', type=int, nargs=2, metavar=('FIRST', 'LAST'), required=True,
-                        help='initial states FIRST..LAST (inclusive) of every task')
-    parser.add_argument('--configs', nargs='+', default=['off', 'paper', 'patch_reference', 'fast'],
-                        help=f'{", ".join(sorted(CONFIGS))}, or parameter files with a ctr: section')
-    parser.add_argument('--max-steps', type=int, default=300, help='episode step budget (holds included)')
-    parser.add_argument('--resolution', type=int, default=128, help='camera image size of the simulation')
+    add_arguments(parser, over_ros=True)
     parser.add_argument('--command-wait', type=float, default=1.0,
                         help="the simulation's command_wait: an episode's first step waits this long for the policy, "
                              'which is enabled after the first observation is out')
     parser.add_argument('--output', type=Path, help='results JSON (default: benchmarks/results/eval_ros_<name>.json)')
     parser.add_argument('--logs', type=Path, help='node logs (default: a temporary directory)')
     args = parser.parse_args(argv)
-    configs = {}
-    for name in args.configs:
-        try:
-            configs[name] = ctr_config(name)
-        except (OSError, ValueError) as error:
-            parser.error(f'configuration {name}: {error}')
-    if 'off' not in configs:
-        configs = {'off': CONFIGS['off'], **configs}  # every comparison is paired with it, in the same run
+    configs = chosen_configurations(parser, args, over_ros=True)
     os.environ.update(network_safe_environment())
     interrupt_on_sigterm()
     output = args.output or RESULTS_DIR / f'eval_ros_{args.checkpoint.name}.json'
@@ -137,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {'checkpoint': args.checkpoint.name, 'unnorm_key': args.unnorm_key, 'suite': args.suite,
                 'tasks': args.tasks, 'starts': [f'fixed-{state}' for state in init_states],
                 'max_steps': args.max_steps, 'resolution': args.resolution, 'harness': 'ros',
-                'configurations': {name: dataclasses.asdict(config) for name, config in configs.items()}}
+                'configurations': {name: config.to_json() for name, config in configs.items()}}
     results = Results(output, settings, list(configs))
     done = results.done
     started = time.monotonic()
@@ -152,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             progress.set_postfix_str(' '.join(f'{name} {summary["successes"]}/{summary["episodes"]}'
                                               for name, summary in results.summaries().items()))
 
-        for config_name in configs:
+        for config_name, configuration in configs.items():
             for task_id in args.tasks:
                 pending = [state for state in init_states if (config_name, task_id, f'fixed-{state}') not in done]
                 if pending:
-                    run_task(args, config_name, task_id, pending, logs / f'{Path(config_name).stem}_task{task_id}',
-                             record)
+                    run_task(args, config_name, configuration, task_id, pending,
+                             logs / f'{Path(config_name).stem}_task{task_id}', record)
     elapsed = time.monotonic() - started
     results.write()
     print('\n'.join(markdown_table(results.summaries())))
