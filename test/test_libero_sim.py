@@ -55,9 +55,12 @@ def test_sim_node_publishes_executes_and_resets(ros_domain):
         assert (wrist[-1].height, wrist[-1].header.frame_id) == (256, 'wrist_camera')
         times = [stamp(status) for status in statuses[:3]]
         np.testing.assert_allclose(np.diff(times), 0.05, atol=1e-6)  # simulation time, 20 Hz
+        # Every message of a step carries its time; they travel on different topics, so wait for all of them.
         latest = stamp(statuses[-1])
-        assert latest in {stamp(message) for message in primary} and latest in {stamp(message) for message in poses}
-        assert any(abs(clock.clock.sec + clock.clock.nanosec * 1e-9 - latest) < 1e-9 for clock in clocks)
+        wait_until(lambda: latest in {stamp(message) for message in primary}
+                   and latest in {stamp(message) for message in poses}
+                   and any(abs(clock.clock.sec + clock.clock.nanosec * 1e-9 - latest) < 1e-9 for clock in clocks),
+                   10, "the step's image, pose and clock")
         assert statuses[-1].hold_steps >= 2 and statuses[-1].commanded_steps == 0
 
         start_pose = poses[-1].pose.position
