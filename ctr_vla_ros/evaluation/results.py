@@ -35,11 +35,11 @@ class Results:
     def __init__(self, output: Path, settings: dict[str, Any], configs: list[str]) -> None:
         self.output = output
         self.query_log = output.with_name(output.stem + '_queries.jsonl.gz')
-        self.settings = settings
+        self.settings = json.loads(json.dumps(settings))  # as the file holds them (tuples become lists)
         self.configs = configs
         previous = json.loads(output.read_text()) if output.is_file() else {}
-        self.episodes: list[dict[str, Any]] = (previous.get('episodes', []) if previous.get('settings') == settings
-                                               else [])
+        same = previous.get('settings') == self.settings
+        self.episodes: list[dict[str, Any]] = previous.get('episodes', []) if same else []
         done = self.done
         logged = [episode for episode in read_query_log(self.query_log) if self.key(episode) in done]
         output.parent.mkdir(parents=True, exist_ok=True)
