@@ -164,3 +164,34 @@ def test_full_size_flops_match_published_cost():
     assert flops.llm == pytest.approx(8.03e12, rel=0.01)
     assert flops.llm_attention == pytest.approx(0.19e12, rel=0.02)
     assert flops.total == pytest.approx(8.84e12, rel=0.01)
+
+
+def test_a_random_model_is_built_in_place_in_its_dtype_and_the_release_size_is_the_releases():
+    from ctr_vla_ros.model.openvla_oft import OpenVlaOft
+    from ctr_vla_ros.model.random_checkpoint import architecture_for, initial_value, random_model
+
+    architecture = architecture_for('tiny', 2, 2, 32064)
+    model = random_model(architecture, torch.bfloat16, 'cpu', seed=1)
+    for name, parameter in model.named_parameters():
+        assert parameter.dtype == torch.bfloat16 and parameter.device.type == 'cpu', name
+        kind, value = initial_value(name, parameter.shape)
+        if kind == 'constant':
+            assert bool((parameter == value).all()), name
+        elif parameter.numel() > 10_000:
+            assert float(parameter.float().std()) == pytest.approx(value, rel=0.05), name
+    again = random_model(architecture, torch.bfloat16, 'cpu', seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    with torch.no_grad():
+        hidden = model.language_model.model(torch.randn(1, 5, architecture.llm.hidden_size, dtype=torch.bfloat16),
+                                            torch.arange(5))
+    assert bool(torch.isfinite(hidden).all())
+
+    # The release: 7.5 B parameters (Llama-2-7B with the 32064-row vocabulary, DINOv2-L, SigLIP-So400m without the
+    # blocks it never reads), counted on the meta device: nothing is allocated.
+    release = full_size_architecture()
+    with torch.device('meta'):
+        full = OpenVlaOft(release)
+    count = sum(parameter.numel() for parameter in full.parameters())
+    assert (release.llm.num_layers, release.llm.hidden_size, [tower.depth for tower in release.vision_towers]) == \
+        (32, 4096, [24, 27])
+    assert 7.4e9 < count < 7.8e9, count

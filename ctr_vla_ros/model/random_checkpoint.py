@@ -5,6 +5,11 @@ Sizes:
   bench  the real tower widths, heads and MLP sizes and the real Llama-2-7B layer shape, with reduced depth:
          benchmarks whose per-layer cost is the real one.
 
+`random_model` builds a model of any architecture, the release's full size included (`flops.full_size_architecture`:
+DINOv2-L + SigLIP-So400m, Llama-2-7B, two images, proprio, L1 head), with random weights directly on a device in
+its dtype: built on the meta device, then allocated and initialised in place, so no checkpoint file is written and
+no fp32 copy is ever held (about 15 GB in bf16 at full size).
+
 The weights are random: a policy built from them moves a robot meaninglessly.
 """
 
@@ -53,23 +58,49 @@ def architecture_for(size: str, vision_depth: int, llm_layers: int, vocab_size: 
     return ModelArchitecture(towers, llm, ActionLayout())
 
 
+def initial_value(name: str, shape: torch.Size) -> tuple[str, float]:
+    """How a random-weight parameter starts, ('constant', value) or ('normal', std): unit norms, small LayerScale,
+    zero biases, 1/sqrt(fan-in) for matrices, 0.02 for embeddings and everything else."""
+    if name.endswith('scale_factor'):
+        return 'constant', 0.1
+    if 'norm' in name and name.endswith('weight'):
+        return 'constant', 1.0
+    if name.endswith('bias'):
+        return 'constant', 0.0
+    if len(shape) != 2 or 'embed' in name:
+        return 'normal', 0.02
+    return 'normal', 1.0 / math.sqrt(shape[1])
+
+
 def random_state_dict(model: OpenVlaOft, seed: int) -> dict[str, torch.Tensor]:
-    """Deterministic random weights with sane scales: unit norms, small LayerScale, 0.02 for everything else."""
+    """Deterministic random weights (`initial_value`), bf16 on the CPU, for a checkpoint file."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, parameter in model.state_dict().items():
-        if name.endswith('scale_factor'):
-            value = torch.full(parameter.shape, 0.1)
-        elif 'norm' in name and name.endswith('weight'):
-            value = torch.ones(parameter.shape)
-        elif name.endswith('bias'):
-            value = torch.zeros(parameter.shape)
+        kind, value = initial_value(name, parameter.shape)
+        if kind == 'constant':
+            tensor = torch.full(parameter.shape, value)
         else:
-            fan_in = parameter.shape[1] if parameter.dim() == 2 else 1
-            std = 0.02 if parameter.dim() != 2 or 'embed' in name else 1.0 / math.sqrt(fan_in)
-            value = torch.randn(parameter.shape, generator=generator) * std
-        state[name] = value.to(torch.bfloat16)
+            tensor = torch.randn(parameter.shape, generator=generator) * value
+        state[name] = tensor.to(torch.bfloat16)
     return state
+
+
+def random_model(architecture: ModelArchitecture, dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = 'cpu', seed: int = 0) -> OpenVlaOft:
+    """A model with random weights (`initial_value`) allocated once, on `device` in `dtype`, in eval mode."""
+    with torch.device('meta'):
+        model = OpenVlaOft(architecture)
+    model = model.to(dtype).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            kind, value = initial_value(name, parameter.shape)
+            if kind == 'constant':
+                parameter.fill_(value)
+            else:
+                parameter.normal_(0.0, value, generator=generator)
+    return model.eval()
 
 
 def write_random_checkpoint(output: Path, size: str = 'tiny', seed: int = 0, vision_depth: int | None = None,
