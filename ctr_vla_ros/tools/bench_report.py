@@ -189,6 +189,23 @@ def node_section(results: list[dict[str, Any]]) -> list[str]:
               'control rate in both modes. Node overhead = camera stamp to ActionChunk received, minus the time the '
               'frames waited for the executor to need a chunk, minus the predict time, plus the camera transport '
               '(see the script\'s docstring). Tick jitter = |interval between consecutive commands - 50 ms|.', '']
+    stops = [item for item in results if 'stop_latency' in item]
+    if stops:
+        lines += ['How fast a stop takes effect while inference runs (`--stop-calls N`: overlap mode, a query almost '
+                  'always in flight, each call at a random moment of a chunk), from sending the request:', '',
+                  '| checkpoint | date | call | calls | predict ms (median) | to the STOP\'s stamp ms (median / worst) '
+                  '| to the STOP here ms (median / worst) | to the answer ms (median / worst) | MOTIONs after the '
+                  'request (worst) |', '|---|---|---|---|---|---|---|---|---|']
+        for item in stops:
+            stop = item['stop_latency']
+            for call, measured in stop['calls_by_kind'].items():
+                cells = ' | '.join(f'{measured[key]["median"] * 1e3:.1f} / {measured[key]["max"] * 1e3:.1f}'
+                                   for key in ('to_stop_stamp_s', 'to_stop_arrival_s', 'to_answer_s'))
+                lines.append(f'| {item["checkpoint"]} | {item["machine"]["date"]} | {call} | {stop["calls"]} | '
+                             f'{stop["inference_latency_s"]["median"] * 1e3:.0f} | {cells} | '
+                             f'{measured["motions_after_request"]["max"]:.0f} |')
+        lines += ['', 'A new client\'s first request waits for the node to discover the client; a kept client\'s '
+                  'does not (README, Safety).', '']
     return lines
 
 
@@ -214,6 +231,24 @@ def eval_section(name: str, results: dict[str, Any]) -> list[str]:
             'queries.', '']
 
 
+def staleness_section(name: str, results: dict[str, Any]) -> list[str]:
+    lines = [f'## Staleness of reused visual tokens per LLM layer: `{results["checkpoint"]}`', '',
+             'Command: `python -m ctr_vla_ros.evaluation.staleness`: every query of a sequence through the '
+             'configuration and through full recompute; at the positions the configuration reused, the relative '
+             'error of the visual tokens entering the LLM and of their keys and values at each layer, mean over the '
+             f'queries with reuse. Measured {results["machine"]["date"]}. Results: `benchmarks/results/{name}.json`, '
+             f'plot `docs/{name}.png`.', '',
+             '| sequence / configuration | queries with reuse | tokens reused | visual tokens | keys per layer | '
+             'values per layer |', '|---|---|---|---|---|---|']
+    for key, summary in results['summaries'].items():
+        if 'keys' in summary:
+            lines.append(f'| {key} | {summary["queries_with_reuse"]}/{summary["queries"]} | '
+                         f'{summary["mean_reused"]:.0%} | {summary["visual_tokens"]:.3f} | '
+                         + ' / '.join(f'{value:.3f}' for value in summary['keys']) + ' | '
+                         + ' / '.join(f'{value:.3f}' for value in summary['values']) + ' |')
+    return lines + ['']
+
+
 def main() -> None:
     loaded = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob('*.json'))}
     lines = ['# Benchmarks', '',
@@ -230,6 +265,8 @@ def main() -> None:
     for key, value in loaded.items():
         if key.startswith('eval_'):
             lines += eval_section(key, value)
+        elif key.startswith('staleness_'):
+            lines += staleness_section(key, value)
     node = [value for key, value in loaded.items() if key.startswith('node_')]
     if node:
         lines += node_section(node)
