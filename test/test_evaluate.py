@@ -280,19 +280,34 @@ def test_divergence_finds_where_actions_and_arms_part_and_how_the_failure_ends()
     assert analysis['ending'] == 'dropped' and analysis['off_phases'][-1] == 'carry'
 
 
-def test_results_resume_with_what_was_written_and_start_over_on_other_settings(tmp_path):
+def test_results_resume_take_more_configurations_and_start_over_on_other_episodes(tmp_path):
     from ctr_vla_ros.evaluation.results import Results, read_query_log
 
-    settings = {'starts': ['fixed-40'], 'configurations': {'fragility': {'noise': {'relative': (0.1, 0.2)}}}}
+    def settings(**configurations):
+        return {'starts': ['fixed-40'], 'configurations': configurations}
+
+    def episode(name):
+        return {'configuration': name, 'task_id': 1, 'start': 'fixed-40', 'success': True, 'steps': 9,
+                'query_times': [0.1], 'executed_flops': 1.0, 'full_recompute_flops': 1.0,
+                'vision_reuse': [0.0, 0.0], 'llm_reuse': [0.0, 0.0], 'queries': [{'step': 1}]}
+
     output = tmp_path / 'eval_x.json'
-    results = Results(output, settings, ['off'])
-    item = {'configuration': 'off', 'task_id': 1, 'start': 'fixed-40', 'success': True, 'steps': 9,
-            'query_times': [0.1], 'executed_flops': 1.0, 'full_recompute_flops': 1.0, 'vision_reuse': [0.0, 0.0],
-            'llm_reuse': [0.0, 0.0], 'queries': [{'step': 1}]}
-    results.add(item)
+    fragility = {'noise': {'relative': (0.1, 0.2)}}
+    results = Results(output, settings(off={}, fragility=fragility))
+    results.add(episode('off'))
+    results.add(episode('fragility'))
     with gzip.open(results.query_log, 'at') as file:
         file.write('{"configuration": "off", "task_id": 1, "start": "fix')  # a run killed mid-write
-    again = Results(output, settings, ['off'])  # tuples in the settings, lists in the file: the same settings
-    assert again.done == {('off', 1, 'fixed-40')}
-    assert [episode['queries'] for episode in read_query_log(again.query_log)] == [[{'step': 1}]]
-    assert Results(output, {**settings, 'starts': ['fixed-41']}, ['off']).done == set()
+    # Tuples in the settings, lists in the file: the same settings.
+    again = Results(output, settings(off={}, fragility=fragility))
+    assert again.done == {('off', 1, 'fixed-40'), ('fragility', 1, 'fixed-40')}
+    assert [item['queries'] for item in read_query_log(again.query_log)] == [[{'step': 1}]] * 2
+    # Another configuration joins the same episodes: the others stay, and so does one not asked for this time.
+    more = Results(output, settings(off={}, paper={'top_k': 160}))
+    assert more.done == {('off', 1, 'fixed-40'), ('fragility', 1, 'fixed-40')}
+    assert list(more.settings['configurations']) == ['off', 'fragility', 'paper']
+    assert set(more.summaries()) == {'off', 'fragility'}
+    # A configuration defined differently starts over; other episodes: everything starts over.
+    assert Results(output, settings(off={}, fragility={'noise': None})).done == \
+        {('off', 1, 'fixed-40')}
+    assert Results(output, {**settings(off={}), 'starts': ['fixed-41']}).done == set()

@@ -30,16 +30,27 @@ def read_query_log(path: Path) -> list[dict[str, Any]]:
 
 
 class Results:
-    """The results JSON and the query log of one evaluation, resumable."""
+    """The results JSON and the query log of one evaluation, resumable, and open to more configurations: a run with
+    the same episodes (every setting but the configurations) keeps the episodes of every configuration whose
+    definition it shares, and of those it does not ask for; a configuration defined differently starts over."""
 
-    def __init__(self, output: Path, settings: dict[str, Any], configs: list[str]) -> None:
+    def __init__(self, output: Path, settings: dict[str, Any]) -> None:
         self.output = output
         self.query_log = output.with_name(output.stem + '_queries.jsonl.gz')
-        self.settings = json.loads(json.dumps(settings))  # as the file holds them (tuples become lists)
-        self.configs = configs
+        settings = json.loads(json.dumps(settings))  # as the file holds them (tuples become lists)
         previous = json.loads(output.read_text()) if output.is_file() else {}
-        same = previous.get('settings') == self.settings
-        self.episodes: list[dict[str, Any]] = previous.get('episodes', []) if same else []
+        old = previous.get('settings', {})
+        asked = settings['configurations']
+        if {key: value for key, value in old.items() if key != 'configurations'} == \
+                {key: value for key, value in settings.items() if key != 'configurations'}:
+            kept = {name: config for name, config in old.get('configurations', {}).items()
+                    if asked.get(name, config) == config}
+        else:
+            kept = {}
+        self.settings = {**settings, 'configurations': {**kept, **asked}}
+        self.configs = list(dict.fromkeys(['off', *asked, *kept]))
+        self.episodes: list[dict[str, Any]] = [episode for episode in previous.get('episodes', [])
+                                               if episode['configuration'] in kept]
         done = self.done
         logged = [episode for episode in read_query_log(self.query_log) if self.key(episode) in done]
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 'tasks': args.tasks, 'starts': [start.key for start in chosen], 'max_steps': args.max_steps,
                 'resolution': args.resolution,
                 'configurations': {name: config.to_json() for name, config in configs.items()}}
-    results = Results(output, settings, list(configs))
+    results = Results(output, settings)
     done = results.done
     jobs = [(name, config.to_json(), task, start.key, args.max_steps)
             for start in chosen for task in args.tasks for name, config in configs.items()

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 'tasks': args.tasks, 'starts': [f'fixed-{state}' for state in init_states],
                 'max_steps': args.max_steps, 'resolution': args.resolution, 'harness': 'ros',
                 'configurations': {name: config.to_json() for name, config in configs.items()}}
-    results = Results(output, settings, list(configs))
+    results = Results(output, settings)
     done = results.done
     started = time.monotonic()
     ran = 0
