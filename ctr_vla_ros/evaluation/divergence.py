@@ -5,7 +5,7 @@ speed, the gripper, the distance to the object it must move), and how the failed
 
     python -m ctr_vla_ros.evaluation.divergence benchmarks/results/eval_libero_goal_small.json --configs paper
 
-Reads the runner's query log beside the results file; writes `<results>_divergence.json` and a figure
+Reads the runner's query log beside the results file; writes `divergence_<checkpoint>.json` beside it and a figure
 (`docs/divergence_<checkpoint>.png`): per failing pair the end effector's height and its distance to the object
 against the step, both episodes, the divergence marked; and how often each phase is where divergence starts.
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                   f'{histogram}, median query {np.median([item["query"] for item in found]) if found else "-"}')
         endings = [analysis['ending'] for _, _, analysis in pairs]
         print(f'  endings: {dict((ending, endings.count(ending)) for ending in sorted(set(endings)))}')
-    path = args.results.with_name(args.results.stem + '_divergence.json')
+    path = args.results.with_name(f'divergence_{results["settings"]["checkpoint"]}.json')
     path.write_text(json.dumps(output, indent=1))
     figure = args.figure or Path('docs') / f'divergence_{results["settings"]["checkpoint"]}.png'
     if all_pairs:
