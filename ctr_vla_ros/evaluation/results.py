@@ -29,6 +29,26 @@ def read_query_log(path: Path) -> list[dict[str, Any]]:
     return episodes
 
 
+def episode_record(configuration: str, task_id: int, start: str, instruction: str, success: bool, steps: int,
+                   hold_steps: int, queries: list[dict[str, Any]], **details: Any) -> dict[str, Any]:
+    """One episode as the results hold it, the same from the runner and from the ROS harness. Each query has at
+    least `keyframe_reason`, `time` (s), `executed_flops`, `full_recompute_flops`, and `vision_reuse` and `llm_reuse`
+    per camera; `details` (refusals, wall time) are kept as they are."""
+    count = max(len(queries), 1)
+    cameras = range(len(queries[0]['vision_reuse']) if queries else 0)
+    return {
+        'configuration': configuration, 'task_id': task_id, 'start': start, 'instruction': instruction,
+        'success': success, 'steps': steps, 'hold_steps': hold_steps,
+        'keyframes': sum(1 for query in queries if query['keyframe_reason']),
+        'query_times': [round(query['time'], 6) for query in queries],
+        'executed_flops': sum(query['executed_flops'] for query in queries),
+        'full_recompute_flops': sum(query['full_recompute_flops'] for query in queries),
+        'vision_reuse': [sum(query['vision_reuse'][camera] for query in queries) / count for camera in cameras],
+        'llm_reuse': [sum(query['llm_reuse'][camera] for query in queries) / count for camera in cameras],
+        **details, 'queries': queries,
+    }
+
+
 class Results:
     """The results JSON and the query log of one evaluation, resumable, and open to more configurations: a run with
     the same episodes (every setting but the configurations) keeps the episodes of every configuration whose

@@ -31,7 +31,7 @@ from typing import Any
 
 from ctr_vla_ros.evaluation.arguments import add_arguments, chosen_configurations
 from ctr_vla_ros.evaluation.configurations import Configuration
-from ctr_vla_ros.evaluation.results import Results
+from ctr_vla_ros.evaluation.results import Results, episode_record
 from ctr_vla_ros.evaluation.starts import Start, starts
 from ctr_vla_ros.evaluation.statistics import markdown_table
 from ctr_vla_ros.tools.benchmarking import RESULTS_DIR
@@ -71,22 +71,9 @@ def _run_job(job: tuple[str, dict[str, Any], int, str, int]) -> dict[str, Any]:
     started = time.perf_counter()
     result = run_episode(_worker['simulations'][task_id], policy, rules, task_id, Start.from_key(start_key),
                          max_steps)
-    queries = result.queries
-    count = max(len(queries), 1)
-    return {
-        'configuration': name, 'task_id': task_id, 'start': start_key, 'instruction': result.instruction,
-        'success': result.success, 'steps': result.steps, 'hold_steps': result.hold_steps,
-        'keyframes': sum(1 for query in queries if query.keyframe_reason),
-        'query_times': [round(query.time, 6) for query in queries],
-        'executed_flops': sum(query.executed_flops for query in queries),
-        'full_recompute_flops': sum(query.full_recompute_flops for query in queries),
-        'vision_reuse': [sum(query.vision_reuse[camera] for query in queries) / count
-                         for camera in range(len(queries[0].vision_reuse) if queries else 0)],
-        'llm_reuse': [sum(query.llm_reuse[camera] for query in queries) / count
-                      for camera in range(len(queries[0].llm_reuse) if queries else 0)],
-        'refusals': result.refusals, 'wall_s': time.perf_counter() - started,
-        'queries': [query.to_json() for query in queries],
-    }
+    return episode_record(name, task_id, start_key, result.instruction, result.success, result.steps,
+                          result.hold_steps, [query.to_json() for query in result.queries],
+                          refusals=result.refusals, wall_s=time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:

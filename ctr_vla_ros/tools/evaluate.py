@@ -33,7 +33,7 @@ import numpy as np
 
 from ctr_vla_ros.evaluation.arguments import add_arguments, chosen_configurations
 from ctr_vla_ros.evaluation.configurations import Configuration
-from ctr_vla_ros.evaluation.results import Results
+from ctr_vla_ros.evaluation.results import Results, episode_record
 from ctr_vla_ros.evaluation.statistics import markdown_table
 from ctr_vla_ros.sim.libero_env import CONTROL_PERIOD
 from ctr_vla_ros.tools.benchmarking import RESULTS_DIR
@@ -47,26 +47,27 @@ def stamp_seconds(header: Any) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
-def episode_record(config_name: str, task_id: int, init_state: int, status: Any, stats: list[Any],
-                   chunks: list[Any], masks: dict[str, list[Any]]) -> dict[str, Any]:
-    """One episode in the runner's format (`ctr_vla_ros/evaluation/runner.py`) from what the nodes published."""
-    count = max(len(stats), 1)
+def episode_from_messages(config_name: str, task_id: int, init_state: int, status: Any, stats: list[Any],
+                          chunks: list[Any], masks: dict[str, list[Any]]) -> dict[str, Any]:
+    """One episode in the runner's format from what the nodes published: each CtrStats with the chunk and the
+    reuse masks of the same query."""
     first_stamp = stamp_seconds(status.header) - status.step * CONTROL_PERIOD  # one period per step, holds too
-    return {
-        'configuration': config_name, 'task_id': task_id, 'start': f'fixed-{init_state}',
-        'instruction': status.instruction, 'success': bool(status.success), 'steps': status.step,
-        'hold_steps': status.hold_steps, 'keyframes': sum(1 for item in stats if item.keyframe),
-        'query_times': [item.total_time for item in stats],
-        'executed_flops': sum(item.executed_flops for item in stats),
-        'full_recompute_flops': sum(item.full_recompute_flops for item in stats),
-        'vision_reuse': [sum(mask.vision_reuse_ratio for mask in camera) / count for camera in masks.values()],
-        'llm_reuse': [sum(mask.llm_reuse_ratio for mask in camera) / count for camera in masks.values()],
-        'queries': [{'step': round((stamp_seconds(chunk.header) - first_stamp) / CONTROL_PERIOD),
-                     'keyframe_reason': item.keyframe_reason,
-                     'normalized_actions': np.reshape(chunk.normalized_actions,
-                                                      (chunk.horizon, chunk.action_dim)).tolist()}
-                    for item, chunk in zip(stats, chunks)],
-    }
+    chunk_of = {chunk.chunk_id: chunk for chunk in chunks}
+    mask_of = [{mask.query_index: mask for mask in camera} for camera in masks.values()]
+    queries = []
+    for item in stats:
+        chunk = chunk_of[item.query_index]
+        queries.append({
+            'step': round((stamp_seconds(chunk.header) - first_stamp) / CONTROL_PERIOD),
+            'keyframe_reason': item.keyframe_reason,
+            'normalized_actions': np.reshape(chunk.normalized_actions, (chunk.horizon, chunk.action_dim)).tolist(),
+            'time': item.total_time, 'executed_flops': item.executed_flops,
+            'full_recompute_flops': item.full_recompute_flops,
+            'vision_reuse': [float(camera[item.query_index].vision_reuse_ratio) for camera in mask_of],
+            'llm_reuse': [float(camera[item.query_index].llm_reuse_ratio) for camera in mask_of],
+        })
+    return episode_record(config_name, task_id, f'fixed-{init_state}', status.instruction, bool(status.success),
+                          status.step, status.hold_steps, queries)
 
 
 def run_task(args: argparse.Namespace, config_name: str, configuration: Configuration, task_id: int,
@@ -91,7 +92,7 @@ def run_task(args: argparse.Namespace, config_name: str, configuration: Configur
             if status.init_state != init_state:
                 raise RuntimeError(f'the simulation ran initial state {status.init_state}, not {init_state}')
             with client.lock:
-                record(episode_record(config_name, task_id, init_state, status, list(client.stats),
+                record(episode_from_messages(config_name, task_id, init_state, status, list(client.stats),
                                       list(client.chunks), {name: list(masks) for name, masks in client.masks.items()}))
     finally:
         client.close()
