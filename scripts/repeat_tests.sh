@@ -5,6 +5,7 @@
 #
 #   scripts/repeat_tests.sh 10 /tmp/flake_check            # idle machine
 #   scripts/repeat_tests.sh 3 /tmp/flake_check --hog       # one core busy beside it
+#   LABEL=beside-eval scripts/repeat_tests.sh 3 /tmp/flake_check   # a load of your own beside it, named in the logs
 set -uo pipefail
 runs=$1 directory=$2 hog=${3:-}
 repository=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
@@ -12,7 +13,7 @@ mkdir -p "$directory"
 clone="$directory/main"
 [ -d "$clone" ] || git clone -q "$repository" "$clone"
 git -C "$clone" fetch -q "$repository" HEAD && git -C "$clone" checkout -q FETCH_HEAD
-label=idle
+label=${LABEL:-idle}
 if [ "$hog" = --hog ]; then
     label=hog
     python3 -c 'while True: pass' &
