@@ -68,7 +68,7 @@ class VlaPolicy:
             model_images=model_images, camera_shapes=tuple(image.shape for image in images),
             pixel_values=pixel_values(model_images, self.dtype, self.device),
             normalized_proprio=torch.tensor(proprio, dtype=self.dtype, device=self.device),
-            prompt_ids=torch.tensor(prompt_ids, device=self.device))
+            prompt_ids=torch.tensor(prompt_ids))  # on the CPU: the engine compares it without waiting
 
     def predict(self, images: Sequence[np.ndarray], state: np.ndarray, instruction: str,
                 timestamp: float | None = None) -> Prediction:

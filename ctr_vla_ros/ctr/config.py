@@ -45,6 +45,12 @@ class CtrConfig:
     # Mask-consistency ablation: scale the static threshold on one side only (1.0 and 1.0 = one unified mask).
     vision_threshold_scale: float = 1.0
     llm_threshold_scale: float = 1.0
+    # Static shapes (GPU): the rows each query recomputes are padded to a multiple of this many (1: exactly the
+    # rows the mask asks for), so a few shapes cover every query; padding repeats a real row and changes nothing.
+    row_bucket: int = 1
+    # Replay each padded shape of the vision towers and the LLM as a CUDA graph, captured at start-up (the LLM's on
+    # the first query of each prompt length). Needs the model on a CUDA device; pick row_bucket 32 or so with it.
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,6 +65,8 @@ class CtrConfig:
         for name in ('top_k', 'max_reuse_per_image', 'llm_reuse_start_layer'):
             if getattr(self, name) < 0:
                 problems.append(f'{name} must be >= 0, got {getattr(self, name)}')
+        if self.row_bucket < 1:
+            problems.append(f'row_bucket must be >= 1, got {self.row_bucket}')
         if self.keyframe_interval < 1:
             problems.append(f'keyframe_interval must be >= 1, got {self.keyframe_interval}')
         if self.input_timeout <= 0:

@@ -16,6 +16,12 @@ Per query:
 
 With a zero mask, or with inputs identical to those that produced the cache and every patch reused, the output
 equals the plain model's (tests check both).
+
+The step's shapes: each image's recomputed rows and the LLM's are counted in one read from the device right after
+the mask (the only wait before the actions are read), selected on the device, and padded to a multiple of
+`ctr.row_bucket` (1: the exact count). Every cache is allocated once and written in place. With `ctr.cuda_graphs`
+each padded shape of the vision towers and of the LLM is a CUDA graph, captured once and replayed (see
+`static_shapes.py`). Stage times come from CUDA events on a GPU, read after the actions, so timing never waits.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 
 from ctr_vla_ros.ctr.config import CtrConfig
 from ctr_vla_ros.ctr.mask import decide_masks, keyframe_masks
+from ctr_vla_ros.ctr.static_shapes import CudaGraphs, bucket_size, bucket_sizes, padded_rows
 from ctr_vla_ros.model.attention import AttentionProbe, KeyValueCache, KeyValueNoise
 from ctr_vla_ros.model.checkpoint import PromptTokens
 from ctr_vla_ros.model.config import PATCH_SIZE
@@ -88,21 +95,57 @@ class ModelInput:
     model_images: list[np.ndarray]  # 224x224x3 uint8, what the model sees
     pixel_values: torch.Tensor  # (num_images, 6, 224, 224)
     normalized_proprio: torch.Tensor
-    prompt_ids: torch.Tensor  # (L,)
+    prompt_ids: torch.Tensor  # (L,) on the CPU
     camera_shapes: tuple[tuple[int, ...], ...]  # raw camera image shapes: a change forces a keyframe
 
 
 @dataclasses.dataclass
 class _Cache:
-    vision: list[list[list[KeyValueCache]]]  # [image][tower][block]
-    projected: torch.Tensor  # (num_images, patches, hidden): projector output of every patch
-    llm: list[KeyValueCache]  # one per LLM layer
     references: torch.Tensor  # (num_images, 224, 224, 3) uint8: the pixels each patch's state was computed from
     attention_scores: torch.Tensor  # (visual tokens,) prompt-to-vision attention of the last query
-    prompt_ids: torch.Tensor
+    prompt_ids: torch.Tensor  # on the CPU
     camera_shapes: tuple[tuple[int, ...], ...]
     queries_since_keyframe: int
     last_time: float
+
+
+@dataclasses.dataclass
+class _LlmBuffers:
+    """The LLM side of one prompt length: its caches and the text embeddings a query writes before running."""
+
+    caches: list[KeyValueCache]  # one per LLM layer, over the whole sequence
+    bos: torch.Tensor  # (1, 1, hidden)
+    rest: torch.Tensor  # (1, length - V - 1, hidden): proprio, prompt, space, action slots, stop
+
+
+class _StageClock:
+    """Stage durations of one query: perf_counter on the CPU, CUDA events on a GPU (resolved by `times()` after the
+    step's results are on the host, so timing never makes the step wait)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == 'cuda'
+        self.spans: list[tuple[str, object, object]] = []
+
+    def mark(self) -> object:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def span(self, stage: str, start: object, end: object) -> None:
+        self.spans.append((stage, start, end))
+
+    def times(self) -> StageTimes:
+        times = StageTimes()
+        for stage, start, end in self.spans:
+            if self.cuda:
+                end.synchronize()
+                seconds = start.elapsed_time(end) / 1000.0
+            else:
+                seconds = end - start
+            setattr(times, stage, getattr(times, stage) + seconds)
+        return times
 
 
 class CtrEngine:
@@ -116,7 +159,10 @@ class CtrEngine:
         if not -num_layers <= layer < num_layers:
             raise ValueError(f'attention_layer {layer} out of range for a {num_layers}-layer LLM')
         self.probe_layer = layer % num_layers
-        self.device = next(model.parameters()).device
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        if self.config.cuda_graphs and self.device.type != 'cuda':
+            raise ValueError(f'ctr.cuda_graphs needs the model on a CUDA device, it is on {self.device}')
         self.query_index = 0
         self.keyframe_count = 0
         self.reset_count = 0
@@ -124,17 +170,37 @@ class CtrEngine:
         self._pending_reason = 'first_query'
         self.visual_noise: VisualNoise | None = None  # the fragility control only (see VisualNoise)
         self._noise_generator = torch.Generator()
+        # Allocated once and written in place (captured graphs read them): the step's inputs and every cache.
+        num_images, patches = architecture.action.num_images, architecture.patches_per_image
+        self._pixel_values = torch.zeros(num_images, 6, 224, 224, dtype=self.dtype, device=self.device)
+        self._vision_caches = [[[KeyValueCache.allocate(tower.config.heads, tower.config.num_prefix_tokens + patches,
+                                                        tower.config.width // tower.config.heads, self.dtype,
+                                                        self.device) for _ in tower.blocks]
+                                for tower in model.vision_backbone.towers] for _ in range(num_images)]
+        self._projected = torch.zeros(num_images, patches, architecture.llm.hidden_size, dtype=self.dtype,
+                                      device=self.device)
+        self._llm_buffers: dict[int, _LlmBuffers] = {}  # per prompt length
+        self._rows: dict[tuple[str, int], torch.Tensor] = {}  # per (stage, bucket): the selected rows
+        self._graphs = CudaGraphs(self.device) if self.config.cuda_graphs else None
+        if self._graphs is not None:
+            self._capture_vision_graphs()
 
     @property
     def cached_llm(self) -> list[KeyValueCache]:
         """Per LLM layer, the keys and values the last query attended over: fresh at computed positions, carried
         over from earlier queries at reused ones (empty before the first query)."""
-        return self._cache.llm if self._cache is not None else []
+        if self._cache is None:
+            return []
+        return self._llm_buffers[len(self._cache.prompt_ids)].caches
 
     @property
     def cached_visual_tokens(self) -> torch.Tensor | None:
         """(num_images, patches, hidden): the visual tokens the last query fed the LLM (projector outputs)."""
-        return self._cache.projected if self._cache is not None else None
+        return self._projected if self._cache is not None else None
+
+    @property
+    def captured_graphs(self) -> int:
+        return len(self._graphs) if self._graphs is not None else 0
 
     def reset(self, reason: str = 'episode_reset') -> None:
         """Drop every cache: the next query is a keyframe with this reason."""
@@ -160,14 +226,6 @@ class CtrEngine:
             return 'interval'
         return ''
 
-    def _synchronize(self) -> None:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-
-    def _clock(self) -> float:
-        self._synchronize()
-        return time.perf_counter()
-
     @torch.inference_mode()
     def step(self, query: ModelInput, timestamp: float | None = None) -> tuple[torch.Tensor, StepReport]:
         """Normalised actions (chunk, action_dim) fp32 and the report of this query. timestamp: seconds (the camera
@@ -176,10 +234,11 @@ class CtrEngine:
         architecture = model.architecture
         num_images, patches = architecture.action.num_images, architecture.patches_per_image
         now = time.monotonic() if timestamp is None else timestamp
-        times = StageTimes()
+        clock = _StageClock(self.device)
 
-        started = self._clock()
+        started = clock.mark()
         images = torch.from_numpy(np.stack(query.model_images)).to(self.device)
+        prompt_ids = query.prompt_ids.to(self.device)
         reason = self._keyframe_reason(query, now)
         previous_scores = None if reason or self._cache is None else self._cache.attention_scores
         if reason:
@@ -187,21 +246,22 @@ class CtrEngine:
         else:
             masks = decide_masks(images, self._cache.references, previous_scores, config)
         reuse_vision, reuse_llm = masks.reuse_vision, masks.reuse_llm
-        times.mask = self._clock() - started
+        # The one read before the model runs: the row counts, which choose the shapes to run.
+        counts = torch.cat([(~reuse_vision).sum(dim=1), (~reuse_llm).sum().view(1)]).tolist()
+        clock.span('mask', started, clock.mark())
 
         if reason:
-            self._cache = self._empty_cache(images)
+            self._cache = _Cache(images, torch.empty(0), query.prompt_ids, query.camera_shapes, 0, now)
             self.keyframe_count += 1
         cache = self._cache
-        if self.visual_noise is not None:
-            self._add_visual_noise(cache, num_images * patches)
-        self._encode_images(query.pixel_values, reuse_vision, cache, times)
-        normalized, scores, llm_computed = self._run_llm(query, reuse_llm, cache, times)
-
-        computed_patches = (patches - reuse_vision.sum(dim=1)).tolist()
         prompt_length = len(query.prompt_ids)
-        flops = count_step_flops(architecture, prompt_length, computed_patches, llm_computed,
-                                 probe_queries=prompt_length - 1 if config.enabled else 0)
+        llm_buffers = self._prepare_llm(prompt_length)
+        self._set_visual_noise(llm_buffers.caches, num_images * patches)
+        self._pixel_values.copy_(query.pixel_values)
+        computed_patches = self._encode_images(reuse_vision, counts[:-1], clock)
+        normalized, scores, llm_computed = self._run_llm(query, prompt_ids, reuse_llm, counts[-1], llm_buffers,
+                                                         clock)
+
         self._update_references(images, reuse_vision | reuse_llm, cache, keyframe=bool(reason))
         cache.attention_scores = scores
         cache.prompt_ids = query.prompt_ids
@@ -209,105 +269,180 @@ class CtrEngine:
         cache.last_time = now
         cache.queries_since_keyframe = 1 if reason else cache.queries_since_keyframe + 1
 
+        flops = count_step_flops(architecture, prompt_length, computed_patches, llm_computed,
+                                 probe_queries=prompt_length - 1 if config.enabled else 0)
         report = StepReport(
-            query_index=self.query_index, keyframe_reason=reason, patch_states=masks.patch_states.numpy(),
+            query_index=self.query_index, keyframe_reason=reason, patch_states=masks.patch_states.cpu().numpy(),
             attention_scores=None if previous_scores is None else
             previous_scores.view(num_images, patches).cpu().numpy(),
             vision_reuse=reuse_vision.float().mean(dim=1).cpu().numpy(),
             llm_reuse=reuse_llm.float().mean(dim=1).cpu().numpy(),
-            flops=flops, full_recompute_flops=count_step_flops(architecture, prompt_length), times=times)
+            flops=flops, full_recompute_flops=count_step_flops(architecture, prompt_length), times=clock.times())
         self.query_index += 1
         return normalized, report
 
-    def _add_visual_noise(self, cache: _Cache, visual_tokens: int) -> None:
+    def _set_visual_noise(self, caches: list[KeyValueCache], visual_tokens: int) -> None:
         noise = self.visual_noise
+        if noise is None:
+            for layer in caches:
+                layer.noise = None
+            return
         if self.config.enabled:
             raise ValueError('visual noise is a control on full recompute: run it with CTR off')
-        if len(noise.relative) != len(cache.llm):
-            raise ValueError(f'visual noise gives {len(noise.relative)} layers, the LLM has {len(cache.llm)}')
+        if len(noise.relative) != len(caches):
+            raise ValueError(f'visual noise gives {len(noise.relative)} layers, the LLM has {len(caches)}')
         count = int(round(noise.fraction * visual_tokens))
         positions = 1 + torch.randperm(visual_tokens, generator=self._noise_generator)[:count].sort().values
-        for layer, relative in zip(cache.llm, noise.relative):
+        for layer, relative in zip(caches, noise.relative):
             layer.noise = KeyValueNoise(positions.to(self.device), relative, self._noise_generator)
 
-    def _empty_cache(self, images: torch.Tensor) -> _Cache:
-        architecture = self.model.architecture
-        num_images = architecture.action.num_images
-        vision = [[[KeyValueCache() for _ in tower.blocks] for tower in self.model.vision_backbone.towers]
-                  for _ in range(num_images)]
-        projected = torch.empty(num_images, architecture.patches_per_image, architecture.llm.hidden_size,
-                                dtype=next(self.model.parameters()).dtype, device=self.device)
-        llm = [KeyValueCache() for _ in range(architecture.llm.num_layers)]
-        return _Cache(vision, projected, llm, images, torch.empty(0), torch.empty(0), (), 0, 0.0)
+    def _bucket(self, count: int, maximum: int) -> int:
+        return bucket_size(count, self.config.row_bucket, maximum)
 
-    def _encode_images(self, pixel_values: torch.Tensor, reuse: torch.Tensor, cache: _Cache,
-                       times: StageTimes) -> None:
-        """Vision towers + projector for the recomputed patches of each image; results land in cache.projected."""
+    def _select(self, stage: str, computed: torch.Tensor, bucket: int) -> torch.Tensor:
+        """The rows to compute, padded to `bucket`, in the buffer of (stage, bucket) (what a graph of it reads)."""
+        rows = padded_rows(computed, bucket)
+        if self._graphs is None:
+            return rows
+        buffer = self._rows.setdefault((stage, bucket), torch.zeros_like(rows))
+        buffer.copy_(rows)
+        return buffer
+
+    def _run(self, key: tuple, function, clock: _StageClock, stage: str):  # noqa: ANN001, ANN202
+        """`function(clock)` eagerly, timing its own stages; or its graph, timed as a whole as `stage`."""
+        if self._graphs is None:
+            return function(clock)
+        started = clock.mark()
+        outputs = self._graphs.run(key, function)
+        clock.span(stage, started, clock.mark())
+        return outputs
+
+    def _vision_function(self, image: int, rows: torch.Tensor):  # noqa: ANN202
+        """Vision towers + projector of one image's selected patches, into the projected-token buffer."""
         model = self.model
-        for image in range(reuse.shape[0]):
-            reused = reuse[image]
-            rows = None if not bool(reused.any()) else (~reused).nonzero().squeeze(1)
-            if rows is not None and rows.numel() == 0:
-                continue  # every patch of this image reused: its projector outputs stand
-            started = self._clock()
-            features = model.vision_backbone(pixel_values[image:image + 1], rows, cache.vision[image])[0]
-            projector_started = self._clock()
-            projected = model.projector(features)
-            if rows is None:
-                cache.projected[image] = projected
-            else:
-                cache.projected[image, rows] = projected
-            finished = self._clock()
-            times.vision += projector_started - started
-            times.projector += finished - projector_started
 
-    def _run_llm(self, query: ModelInput, reuse: torch.Tensor, cache: _Cache, times: StageTimes
-                 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Returns the normalised actions, the prompt-to-vision attention scores measured at the probe layer, and
-        the number of positions computed per layer."""
-        model, tokens, config = self.model, self.tokens, self.config
+        def encode(clock: _StageClock | None = None) -> None:
+            started = clock.mark() if clock else None
+            features = model.vision_backbone(self._pixel_values[image:image + 1], rows, self._vision_caches[image])
+            projector_started = clock.mark() if clock else None
+            self._projected[image].index_copy_(0, rows, model.projector(features[0]))
+            if clock:
+                clock.span('vision', started, projector_started)
+                clock.span('projector', projector_started, clock.mark())
+        return encode
+
+    def _encode_images(self, reuse: torch.Tensor, counts: list[int], clock: _StageClock) -> list[int]:
+        """Vision towers + projector for the recomputed patches of each image (their projector outputs land in the
+        projected-token buffer; reused patches keep theirs). Returns the patches computed per image, padding
+        included."""
+        patches = reuse.shape[1]
+        computed = []
+        for image, count in enumerate(counts):
+            bucket = self._bucket(count, patches)
+            computed.append(bucket)
+            if bucket == 0:
+                continue  # every patch of this image reused: its projector outputs stand
+            rows = self._select('vision', ~reuse[image], bucket)
+            self._run(('vision', image, bucket), self._vision_function(image, rows), clock, 'vision')
+        return computed
+
+    def _capture_vision_graphs(self) -> None:
+        """Every vision graph, captured now (start-up), on the zero inputs: the first query is a keyframe and
+        overwrites whatever the captures wrote."""
+        architecture = self.model.architecture
+        patches = architecture.patches_per_image
+        for image in range(architecture.action.num_images):
+            for bucket in bucket_sizes(self.config.row_bucket, patches):
+                rows = self._select('vision', torch.ones(patches, dtype=torch.bool, device=self.device), bucket)
+                self._graphs.capture(('vision', image, bucket), self._vision_function(image, rows))
+        torch.cuda.synchronize(self.device)
+
+    def _prepare_llm(self, prompt_length: int) -> _LlmBuffers:
+        """The LLM buffers of this prompt length, allocated on its first query (with graphs, kept for later)."""
+        if prompt_length not in self._llm_buffers:
+            if self._graphs is None:
+                self._llm_buffers.clear()  # only graphs need the buffers of other lengths to stay
+            llm = self.model.architecture.llm
+            layout = self.model.layout(prompt_length)
+            hidden = llm.hidden_size
+            self._llm_buffers[prompt_length] = _LlmBuffers(
+                [KeyValueCache.allocate(llm.num_heads, layout.length, llm.head_dim, self.dtype, self.device)
+                 for _ in range(llm.num_layers)],
+                torch.zeros(1, 1, hidden, dtype=self.dtype, device=self.device),
+                torch.zeros(1, layout.length - layout.num_visual_tokens - 1, hidden, dtype=self.dtype,
+                            device=self.device))
+        return self._llm_buffers[prompt_length]
+
+    def _llm_function(self, prompt_length: int, visual_rows: torch.Tensor, full: bool,
+                      buffers: _LlmBuffers):  # noqa: ANN202
+        """The LLM over BOS, the selected visual positions and every text position (`full`: every position, as
+        on a keyframe), then the action head; and the positions it computes per layer. The function returns the
+        normalised actions and the prompt-to-vision attention scores of the probe layer."""
+        model, config = self.model, self.config
         llm = model.language_model.model
         num_layers = len(llm.layers)
-        started = self._clock()
-        layout = model.layout(len(query.prompt_ids))
+        layout = model.layout(prompt_length)
         visual_tokens, length = layout.num_visual_tokens, layout.length
-        bos, rest = model.text_embeddings(query.prompt_ids, tokens.space_id, tokens.stop_id,
-                                          query.normalized_proprio)
-        visual = cache.projected.reshape(1, visual_tokens, -1)
-        positions = torch.arange(length, device=self.device)
-        prompt_positions = torch.arange(layout.prompt_positions.start, layout.prompt_positions.stop,
-                                        device=self.device)
-        probe = AttentionProbe(prompt_positions, torch.arange(1, visual_tokens + 1, device=self.device))
+        device = self.device
+        positions = torch.arange(length, device=device)
+        prompt_positions = torch.arange(layout.prompt_positions.start, layout.prompt_positions.stop, device=device)
         probe_layer = self.probe_layer if config.enabled else None
+        start = num_layers if full else min(config.llm_reuse_start_layer, num_layers)
+        slots = layout.num_action_slots
 
-        reused = reuse.flatten()
-        if not bool(reused.any()):
-            hidden = llm(torch.cat([bos, visual, rest], dim=1), positions, caches=cache.llm,
-                         probe_layer=probe_layer, probe=probe)
-            computed = [length] * num_layers
-        else:
-            computed_visual = (~reused).nonzero().squeeze(1)
-            rows = torch.cat([positions[:1], computed_visual + 1, positions[visual_tokens + 1:]])
-            start = min(config.llm_reuse_start_layer, num_layers)
-            if start > 0:
-                hidden = llm(torch.cat([bos, visual, rest], dim=1), positions, layers=range(start),
-                             caches=cache.llm, probe_layer=probe_layer, probe=probe)[:, rows]
-            else:
-                hidden = torch.cat([bos, visual[:, computed_visual], rest], dim=1)
+        def run(clock: _StageClock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            started = clock.mark() if clock else None
+            probe = AttentionProbe(prompt_positions, torch.arange(1, visual_tokens + 1, device=device))
+            sequence = torch.cat([buffers.bos, self._projected.reshape(1, visual_tokens, -1), buffers.rest], dim=1)
+            rows = torch.cat([positions[:1], visual_rows + 1, positions[visual_tokens + 1:]])
+            # Layers before `start` compute every position (all of them, on a keyframe); the rest only `rows`,
+            # reused visual positions keeping their cached keys/values.
+            hidden = llm(sequence, positions, layers=range(start), caches=buffers.caches, rows=positions,
+                         probe_layer=probe_layer, probe=probe)[:, rows] if start > 0 else sequence[:, rows]
             if probe_layer is not None and probe_layer >= start:
                 # Prompt positions in the compact stream: everything after the visual block keeps its order.
-                probe.query_rows = prompt_positions - visual_tokens + computed_visual.numel()
-            hidden = llm(hidden, rows, layers=range(start, num_layers), caches=cache.llm, rows=rows,
+                probe.query_rows = prompt_positions - visual_tokens + len(visual_rows)
+            hidden = llm(hidden, rows, layers=range(start, num_layers), caches=buffers.caches, rows=rows,
                          probe_layer=probe_layer, probe=probe)
-            computed = [length] * start + [len(rows)] * (num_layers - start)
-        head_started = self._clock()
-        slots = layout.num_action_slots
-        normalized = model.predict_actions(hidden[0, -(slots + 2):-2])
-        finished = self._clock()
-        times.llm += head_started - started
-        times.head += finished - head_started
-        scores = probe.scores if probe.scores is not None else torch.zeros(visual_tokens, device=self.device)
-        return normalized, scores, computed
+            head_started = clock.mark() if clock else None
+            normalized = model.predict_actions(hidden[0, -(slots + 2):-2])
+            scores = probe.scores if probe.scores is not None else torch.zeros(visual_tokens, device=device)
+            if clock:
+                clock.span('llm', started, head_started)
+                clock.span('head', head_started, clock.mark())
+            return normalized, scores
+        return run, [length] * start + [len(visual_rows) + length - visual_tokens] * (num_layers - start)
+
+    def _run_llm(self, query: ModelInput, prompt_ids: torch.Tensor, reuse: torch.Tensor, count: int,
+                 buffers: _LlmBuffers, clock: _StageClock) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Returns the normalised actions, the prompt-to-vision attention scores measured at the probe layer, and
+        the number of positions computed per layer."""
+        model, tokens = self.model, self.tokens
+        started = clock.mark()
+        prompt_length = len(prompt_ids)
+        visual_tokens = reuse.numel()
+        bos, rest = model.text_embeddings(prompt_ids, tokens.space_id, tokens.stop_id, query.normalized_proprio)
+        buffers.bos.copy_(bos)
+        buffers.rest.copy_(rest)
+        clock.span('llm', started, clock.mark())
+        if self._graphs is not None and ('llm', prompt_length, visual_tokens, True) not in self._graphs:
+            self._capture_llm_graphs(prompt_length, buffers)
+        full = count == visual_tokens
+        bucket = self._bucket(count, visual_tokens)
+        visual_rows = self._select('llm', ~reuse.flatten(), bucket)
+        function, computed = self._llm_function(prompt_length, visual_rows, full, buffers)
+        normalized, scores = self._run(('llm', prompt_length, bucket, full), function, clock, 'llm')
+        return normalized.clone(), scores.clone(), computed
+
+    def _capture_llm_graphs(self, prompt_length: int, buffers: _LlmBuffers) -> None:
+        """Every LLM graph of a prompt length, captured on its first query (always a keyframe: the instruction is
+        new, so the full recompute that follows overwrites whatever the captures wrote)."""
+        visual_tokens = self.model.architecture.num_visual_tokens
+        every_row = torch.ones(visual_tokens, dtype=torch.bool, device=self.device)
+        shapes = [(bucket, False) for bucket in [0, *bucket_sizes(self.config.row_bucket, visual_tokens)]]
+        for bucket, full in [*shapes, (visual_tokens, True)]:
+            function, _ = self._llm_function(prompt_length, self._select('llm', every_row, bucket), full, buffers)
+            self._graphs.capture(('llm', prompt_length, bucket, full), function)
 
     def _update_references(self, images: torch.Tensor, reused: torch.Tensor, cache: _Cache,
                            keyframe: bool) -> None:

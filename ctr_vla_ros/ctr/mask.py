@@ -33,7 +33,7 @@ class PatchState(enum.IntEnum):
 class MaskDecision:
     reuse_vision: torch.Tensor  # (num_images, patches) bool: reuse the cached vision-encoder states
     reuse_llm: torch.Tensor  # (num_images, patches) bool: reuse the cached LLM keys/values of these visual tokens
-    patch_states: torch.Tensor  # (num_images, patches) uint8 PatchState on the CPU, the vision side's decision
+    patch_states: torch.Tensor  # (num_images, patches) uint8 PatchState, the vision side's decision (same device)
 
 # ITU-R BT.601 luma weights (what OpenCV and PIL use for grayscale).
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -83,7 +83,8 @@ def reuse_mask(static: torch.Tensor, relevant: torch.Tensor, similarity: torch.T
 def keyframe_masks(num_images: int, patches: int, device: torch.device) -> MaskDecision:
     """Nothing reused: every patch recomputed and every cache replaced."""
     no_reuse = torch.zeros(num_images, patches, dtype=torch.bool, device=device)
-    return MaskDecision(no_reuse, no_reuse, torch.full((num_images, patches), PatchState.KEYFRAME, dtype=torch.uint8))
+    return MaskDecision(no_reuse, no_reuse, torch.full((num_images, patches), PatchState.KEYFRAME, dtype=torch.uint8,
+                                                       device=device))
 
 
 def decide_masks(images: torch.Tensor, references: torch.Tensor, previous_scores: torch.Tensor,
@@ -113,11 +114,11 @@ def decide_masks(images: torch.Tensor, references: torch.Tensor, previous_scores
     else:
         reuse_llm = reuse_mask(static(config.llm_threshold_scale), relevant, similarity, config.max_reuse_per_image)
 
-    states = torch.full(static_vision.shape, PatchState.RECOMPUTED_DYNAMIC, dtype=torch.uint8)
-    static_cpu, relevant_cpu, reuse_cpu = static_vision.cpu(), relevant.cpu(), reuse_vision.cpu()
-    states[static_cpu & relevant_cpu] = PatchState.RECOMPUTED_TASK_RELEVANT
-    states[static_cpu & ~relevant_cpu & ~reuse_cpu] = PatchState.RECOMPUTED_OVER_CAP
-    states[reuse_cpu] = PatchState.REUSED
+    # Tensor ops only (no boolean indexing), so nothing here waits for the device.
+    states = torch.full_like(static_vision, PatchState.RECOMPUTED_DYNAMIC, dtype=torch.uint8)
+    states = torch.where(static_vision & relevant, PatchState.RECOMPUTED_TASK_RELEVANT, states)
+    states = torch.where(static_vision & ~relevant & ~reuse_vision, PatchState.RECOMPUTED_OVER_CAP, states)
+    states = torch.where(reuse_vision, PatchState.REUSED, states).to(torch.uint8)
     if not config.vision_reuse:
         reuse_vision = torch.zeros_like(reuse_vision)
     if not config.llm_reuse:

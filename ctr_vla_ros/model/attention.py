@@ -3,6 +3,8 @@
 Both the vision towers and the LLM attend the same way: the rows being computed produce fresh keys and values; if a
 `KeyValueCache` is given, those are written into the cache at their rows and the queries attend over the whole
 cache (fresh rows plus rows kept from an earlier query); otherwise the queries attend over the fresh keys only.
+A cache's tensors are allocated once for the whole sequence and only ever written in place, so a CUDA graph that
+reads them stays valid.
 Attention is fused scaled-dot-product attention with no mask: the towers and OpenVLA-OFT's LLM are bidirectional.
 """
 
@@ -34,9 +36,15 @@ class KeyValueNoise:
 class KeyValueCache:
     """Keys and values of every token of one attention layer, shape (1, heads, tokens, head_dim)."""
 
-    key: torch.Tensor | None = None
-    value: torch.Tensor | None = None
+    key: torch.Tensor
+    value: torch.Tensor
     noise: KeyValueNoise | None = None  # only in the fragility control, on a full recompute
+
+    @classmethod
+    def allocate(cls, heads: int, tokens: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device) -> KeyValueCache:
+        return cls(torch.zeros(1, heads, tokens, head_dim, dtype=dtype, device=device),
+                   torch.zeros(1, heads, tokens, head_dim, dtype=dtype, device=device))
 
 
 @dataclasses.dataclass
@@ -52,12 +60,14 @@ class AttentionProbe:
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cache: KeyValueCache | None = None,
            rows: torch.Tensor | None = None, probe: AttentionProbe | None = None) -> torch.Tensor:
     """query/key/value: (1, heads, computed rows, head_dim). `rows`: the sequence positions of the computed rows
-    (None: every row, in order). Returns the attention output for the computed rows."""
+    (None: every row, in order); with a cache, its tensors are written in place at `rows` (a repeated row writes
+    the same values twice). Returns the attention output for the computed rows."""
     if cache is not None:
-        if rows is None:  # every row is fresh: the cache simply becomes these keys and values
-            if cache.noise is not None:
-                key, value = cache.noise.add(key), cache.noise.add(value)
-            cache.key, cache.value = key, value
+        if cache.noise is not None:  # the fragility control runs on a full recompute: row i is position i
+            key, value = cache.noise.add(key), cache.noise.add(value)
+        if rows is None:
+            cache.key.copy_(key)
+            cache.value.copy_(value)
         else:
             cache.key.index_copy_(2, rows, key)
             cache.value.index_copy_(2, rows, value)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ctr_vla_ros.model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ctr_vla_ros.model.checkpoint_writer import (DINOV2_ID, SIGLIP_ID, build_tokenizer, save_checkpoint,
                                                  vocab_size_for)
 from ctr_vla_ros.model.config import KNOWN_TOWERS, ActionLayout, LlmConfig, ModelArchitecture, VisionTowerConfig
@@ -101,6 +102,18 @@ def random_model(architecture: ModelArchitecture, dtype: torch.dtype = torch.bfl
             else:
                 parameter.normal_(0.0, value, generator=generator)
     return model.eval()
+
+
+def random_loaded_checkpoint(architecture: ModelArchitecture, dtype: torch.dtype = torch.bfloat16,
+                             device: str | torch.device = 'cpu', seed: int = 0) -> LoadedCheckpoint:
+    """`random_model` ready for `VlaPolicy`, with the tokenizer and LIBERO statistics of the demo checkpoint
+    (its tokenizer's ids fit any Llama-2-sized vocabulary)."""
+    demo = load_checkpoint(demo_checkpoint())
+    if architecture.llm.vocab_size < demo.architecture.llm.vocab_size:
+        raise ValueError(f'a vocabulary of {architecture.llm.vocab_size} is smaller than the tokenizer\'s '
+                         f'{demo.architecture.llm.vocab_size}')
+    return LoadedCheckpoint(random_model(architecture, dtype, device, seed), demo.tokens, demo.statistics,
+                            architecture, f'random-{architecture.llm.num_layers}-layer-llm')
 
 
 def write_random_checkpoint(output: Path, size: str = 'tiny', seed: int = 0, vision_depth: int | None = None,

@@ -99,6 +99,8 @@ def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
         'llm_reuse_start_layer': 'first LLM layer that keeps cached visual K/V',
         'vision_threshold_scale': 'ablation: static-threshold scale on the vision side only',
         'llm_threshold_scale': 'ablation: static-threshold scale on the LLM side only',
+        'row_bucket': 'pad recomputed rows to a multiple of this (static shapes; 1: exact counts)',
+        'cuda_graphs': 'replay every padded shape as a CUDA graph (CUDA only, with row_bucket > 1)',
     }
     return [ParameterSpec(prefix + field.name, field.default, descriptions[field.name])
             for field in dataclasses.fields(CtrConfig)]
