@@ -15,7 +15,7 @@ export AMENT_PREFIX_PATH := $(VENV)
 export CMAKE_PREFIX_PATH := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-sim test test-core test-ros demo demos train eval eval-ros bench bench-model bench-ctr bench-node clean
+.PHONY: setup setup-sim test test-core test-ros demo demos train eval eval-ros bench bench-model bench-ctr bench-node bench-gpu clean
 
 setup: $(STAMPS)/package
 
@@ -114,18 +114,24 @@ $(TINY_CHECKPOINT)/config.json: | $(STAMPS)/package
 	$(VENV_PYTHON) -m ctr_vla_ros.tools.make_checkpoint --size tiny --output $(TINY_CHECKPOINT)
 
 bench-model: setup $(BENCH_CHECKPOINT)/config.json $(TINY_CHECKPOINT)/config.json
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_model --checkpoint $(TINY_CHECKPOINT)
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_model --checkpoint $(BENCH_CHECKPOINT)
+	$(VENV_PYTHON) -m ctr_vla_ros.benchmarks.model --checkpoint $(TINY_CHECKPOINT)
+	$(VENV_PYTHON) -m ctr_vla_ros.benchmarks.model --checkpoint $(BENCH_CHECKPOINT)
 
 bench-ctr: setup $(BENCH_CHECKPOINT)/config.json
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_ctr --checkpoint $(BENCH_CHECKPOINT) --queries $(BENCH_QUERIES) \
+	$(VENV_PYTHON) -m ctr_vla_ros.benchmarks.ctr --checkpoint $(BENCH_CHECKPOINT) --queries $(BENCH_QUERIES) \
 	    $(SEQUENCES)
 
 bench-node: setup $(TINY_CHECKPOINT)/config.json
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_node --checkpoint $(TINY_CHECKPOINT) --record
+	$(VENV_PYTHON) -m ctr_vla_ros.benchmarks.node --checkpoint $(TINY_CHECKPOINT) --record
+
+# The GPU check, on a CUDA machine: OpenVLA-OFT at full size in bf16 with random weights, CTR off/paper/fast, eager
+# and with CUDA graphs (ctr_vla_ros/benchmarks/gpu.py). No setup: it runs on the machine's own python3 and PyTorch.
+BENCH_GPU_OUTPUT ?= benchmarks/results
+bench-gpu:
+	python3 -m ctr_vla_ros.benchmarks.gpu --output $(BENCH_GPU_OUTPUT)
 
 bench: bench-model bench-ctr bench-node
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.bench_report
+	$(VENV_PYTHON) -m ctr_vla_ros.benchmarks.report
 
 clean:
 	rm -rf $(VENV) build install log

@@ -41,5 +41,5 @@ LIBERO_SEQUENCES = Path(__file__).resolve().parents[1] / 'data' / 'libero'
 def libero_sequence():
     """A recorded LIBERO query-cadence episode carried by the project (data/libero): agentview, wrist
     (20x256x256x3 uint8, upright), proprio8 (20x8), instruction."""
-    from ctr_vla_ros.tools.bench_ctr import load_sequence
+    from ctr_vla_ros.benchmarks.ctr import load_sequence
     return load_sequence(LIBERO_SEQUENCES / 'libero_spatial_t0_i0.npz')

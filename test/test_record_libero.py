@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip('libero', reason='the LIBERO simulation extra is not installed (make setup-sim)')
 from ctr_vla_ros.tools import record_libero  # noqa: E402
-from ctr_vla_ros.tools.bench_ctr import load_sequence  # noqa: E402
+from ctr_vla_ros.benchmarks.ctr import load_sequence  # noqa: E402
 
 from conftest import LIBERO_SEQUENCES  # noqa: E402
 

@@ -145,3 +145,24 @@ def test_between_the_mask_and_the_actions_the_step_never_waits_for_the_device(ro
         # The instruction comparison reads the prompt ids, which live on the host; then the row counts.
         assert before == ['equal', 'tolist'] if report.keyframe_reason != 'first_query' else ['tolist']
         assert during == []
+
+
+def test_the_gpu_check_runs_end_to_end_off_a_gpu(tiny_checkpoint, tmp_path):
+    """`make bench-gpu` itself needs a GPU; here the same script runs on the CPU on a tiny model, with padded
+    shapes instead of graphs, and must produce its full results."""
+    import json
+
+    from ctr_vla_ros.benchmarks import gpu
+
+    vocab_size = load_checkpoint(tiny_checkpoint).architecture.llm.vocab_size
+    gpu.run(tmp_path, 1, architecture_for('tiny', 2, 2, vocab_size), 'cpu', torch.float32, queries=3)
+    results = json.loads((tmp_path / 'gpu_cpu.json').read_text())
+    assert set(results['settings']) == {f'{name}/{mode}' for name in gpu.CONFIGURATIONS for mode in gpu.CPU_MODES}
+    for key, setting in results['settings'].items():
+        assert setting['queries'] == 2 * 3
+        assert setting['max_deviation_from_eager'] <= ROUNDING
+        assert (setting['flops_saved'] > 0) == (setting['configuration'] != 'off')
+        assert setting['max_deviation_from_off'] == 0 or setting['configuration'] != 'off'
+    assert results['settings']['fast/padded']['llm_reuse'] > 0
+    assert len(results['goals']) == 3
+    assert '| fast/padded |' in (tmp_path / 'gpu_cpu.md').read_text()

@@ -11,7 +11,7 @@ from typing import Any
 
 from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
 from ctr_vla_ros.ctr.engine import VisualNoise
-from ctr_vla_ros.tools.benchmarking import RESULTS_DIR
+from ctr_vla_ros.benchmarks.measurement import RESULTS_DIR
 
 CONFIGS: dict[str, CtrConfig] = {
     **PRESETS,

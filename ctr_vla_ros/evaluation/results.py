@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ctr_vla_ros.evaluation.statistics import summarize
-from ctr_vla_ros.tools.benchmarking import machine_description
+from ctr_vla_ros.benchmarks.measurement import machine_description
 
 
 def read_query_log(path: Path) -> list[dict[str, Any]]:

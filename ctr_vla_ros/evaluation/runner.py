@@ -34,7 +34,7 @@ from ctr_vla_ros.evaluation.configurations import Configuration
 from ctr_vla_ros.evaluation.results import Results, episode_record
 from ctr_vla_ros.evaluation.starts import Start, starts
 from ctr_vla_ros.evaluation.statistics import markdown_table
-from ctr_vla_ros.tools.benchmarking import RESULTS_DIR
+from ctr_vla_ros.benchmarks.measurement import RESULTS_DIR
 
 _worker: dict[str, Any] = {}  # per worker process: the checkpoint, the node's rules, simulations and policies
 

@@ -24,8 +24,8 @@ from ctr_vla_ros.ctr.mask import PatchState
 from ctr_vla_ros.evaluation.configurations import CONFIGS
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.policy import VlaPolicy
-from ctr_vla_ros.tools.bench_ctr import load_sequence
-from ctr_vla_ros.tools.benchmarking import RESULTS_DIR, machine_description
+from ctr_vla_ros.benchmarks.ctr import load_sequence
+from ctr_vla_ros.benchmarks.measurement import RESULTS_DIR, machine_description
 
 
 def relative_error(reused: torch.Tensor, fresh: torch.Tensor) -> float:

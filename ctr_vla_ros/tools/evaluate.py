@@ -36,7 +36,7 @@ from ctr_vla_ros.evaluation.configurations import Configuration
 from ctr_vla_ros.evaluation.results import Results, episode_record
 from ctr_vla_ros.evaluation.statistics import markdown_table
 from ctr_vla_ros.sim.libero_env import CONTROL_PERIOD
-from ctr_vla_ros.tools.benchmarking import RESULTS_DIR
+from ctr_vla_ros.benchmarks.measurement import RESULTS_DIR
 from ctr_vla_ros.tools.closed_loop import ClosedLoopClient, start_simulation_stack
 from ctr_vla_ros.tools.node_processes import interrupt_all, interrupt_on_sigterm, network_safe_environment
 

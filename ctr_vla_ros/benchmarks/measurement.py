@@ -29,14 +29,25 @@ def machine_description() -> dict[str, Any]:
             'torch': torch.__version__, 'date': datetime.date.today().isoformat()}
 
 
-def matmul_throughput(size: int = 4096, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+def matmul_throughput(size: int = 4096, repeats: int = 5, dtype: torch.dtype = torch.float32,
+                      device: str | torch.device = 'cpu') -> float:
     """FLOP/s of a large square matmul on this machine, the reference for how well a model step uses it."""
-    left, right = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    left @ right
+    device = torch.device(device)
+    left = torch.randn(size, size, dtype=dtype, device=device)
+    right = torch.randn(size, size, dtype=dtype, device=device)
+
+    def synchronize() -> None:
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    for _ in range(3):
+        left @ right
     times = []
     for _ in range(repeats):
+        synchronize()
         started = time.perf_counter()
         left @ right
+        synchronize()
         times.append(time.perf_counter() - started)
     return 2 * size ** 3 / statistics.median(times)
 

@@ -1,7 +1,8 @@
-"""Regenerate benchmarks/README.md and its PNG plots from benchmarks/results/*.json (written by bench_model,
-bench_ctr and bench_node). Every figure states the machine, dtype, checkpoint and date it was measured with.
+"""Regenerate benchmarks/README.md and its PNG plots from benchmarks/results/*.json (written by the model, CTR,
+node and GPU benchmarks of this package). Every figure states the machine, dtype, checkpoint and date it was
+measured with.
 
-    python -m ctr_vla_ros.tools.bench_report
+    python -m ctr_vla_ros.benchmarks.report
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def save(figure: plt.Figure, name: str, subtitle: str) -> str:
 
 def model_section(results: list[dict[str, Any]]) -> list[str]:
     lines = ['## Model: the plain full-recompute step', '',
-             'Command: `make bench-model` (`python -m ctr_vla_ros.tools.bench_model --checkpoint DIR`).', '',
+             'Command: `make bench-model` (`python -m ctr_vla_ros.benchmarks.model --checkpoint DIR`).', '',
              '| checkpoint | dtype | load s | peak GiB | step ms | vision ms | projector ms | LLM ms | head ms | '
              'GFLOP/step | achieved GFLOP/s | matmul GFLOP/s | of matmul |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
@@ -65,7 +66,7 @@ def ctr_section(results: dict[str, Any]) -> list[str]:
     subtitle = provenance(results)
     sequences = results['sequences']
     lines = ['## CTR vs full recompute', '',
-             'Command: `make bench-ctr` (`python -m ctr_vla_ros.tools.bench_ctr --checkpoint checkpoints/bench '
+             'Command: `make bench-ctr` (`python -m ctr_vla_ros.benchmarks.ctr --checkpoint checkpoints/bench '
              'data/libero/*.npz recorded/*.npz`). CTR and full recompute run on the same inputs in the same '
              'run, interleaved query by query; medians over each sequence; action deviation in normalised action '
              'units (the action head output, range about [-1, 1]).', '',
@@ -168,7 +169,7 @@ def ctr_section(results: dict[str, Any]) -> list[str]:
 
 def node_section(results: list[dict[str, Any]]) -> list[str]:
     lines = ['## Policy node (real processes)', '',
-             'Command: `make bench-node` (`python -m ctr_vla_ros.tools.bench_node --checkpoint DIR`): the policy node '
+             'Command: `make bench-node` (`python -m ctr_vla_ros.benchmarks.node --checkpoint DIR`): the policy node '
              'in its own process, cameras at 30 Hz from another process, 20 Hz control, once per execution mode.', '',
              '| checkpoint | date | mode | commands / s | MOTION / HOLD / STOP | chunks | predict ms (median) | '
              'node overhead ms (median / p99) | tick jitter ms, stamps (median / p99) | '

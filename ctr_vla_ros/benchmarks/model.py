@@ -1,7 +1,7 @@
 """Model benchmark: per-stage median time and FLOPs of the plain full-recompute step, peak memory and load time,
 for one checkpoint, next to this CPU's large-matmul throughput measured in the same run.
 
-    python -m ctr_vla_ros.tools.bench_model --checkpoint checkpoints/bench --steps 5
+    python -m ctr_vla_ros.benchmarks.model --checkpoint checkpoints/bench --steps 5
 
 Run once per checkpoint (a fresh process each, so peak memory is that checkpoint's). Results go to
 benchmarks/results/model_<name>.json.
@@ -22,8 +22,8 @@ from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.flops import count_step_flops, full_size_architecture
 from ctr_vla_ros.tools.node_processes import REPO
 from ctr_vla_ros.policy import VlaPolicy
-from ctr_vla_ros.tools.benchmarking import machine_description, matmul_throughput, peak_memory_bytes, write_results
-from ctr_vla_ros.tools.bench_ctr import load_sequence
+from ctr_vla_ros.benchmarks.measurement import machine_description, matmul_throughput, peak_memory_bytes, write_results
+from ctr_vla_ros.benchmarks.ctr import load_sequence
 
 STAGES = ('preprocess', 'mask', 'vision', 'projector', 'llm', 'head')
 

@@ -1,7 +1,7 @@
 """CTR benchmark: CTR and full recompute on the same LIBERO query sequences, in the same run, interleaved query by
 query so both see the same machine conditions.
 
-    python -m ctr_vla_ros.tools.bench_ctr --checkpoint checkpoints/bench data/libero/*.npz
+    python -m ctr_vla_ros.benchmarks.ctr --checkpoint checkpoints/bench data/libero/*.npz
 
 For each sequence (two cameras, one frame per model query) and each configuration it records per query: per-stage
 time, executed and full-recompute FLOPs, reuse ratios per camera, recomputed LLM tokens and the action deviation
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.policy import Prediction, VlaPolicy
-from ctr_vla_ros.tools.benchmarking import machine_description, matmul_throughput, write_results
+from ctr_vla_ros.benchmarks.measurement import machine_description, matmul_throughput, write_results
 
 CONFIGS = {
     'zero-mask': CtrConfig(difference_threshold=0.0, cosine_threshold=1.0),

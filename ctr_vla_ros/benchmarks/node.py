@@ -18,7 +18,7 @@ at a random moment of a chunk, from a kept client and from a new client per call
 the time from sending the request to the STOP (its stamp, the node's wall clock, and its arrival here), the service
 answer's arrival, and how many MOTION commands the node stamped after the request was sent.
 
-    python -m ctr_vla_ros.tools.bench_node --checkpoint checkpoints/tiny-demo --seconds 30 [--record] [--stop-calls 50]
+    python -m ctr_vla_ros.benchmarks.node --checkpoint checkpoints/tiny-demo --seconds 30 [--record] [--stop-calls 50]
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from ctr_vla_ros.control.chunk_execution import EXECUTION_MODES
-from ctr_vla_ros.tools.bench_ctr import load_sequence
-from ctr_vla_ros.tools.benchmarking import machine_description, write_results
+from ctr_vla_ros.benchmarks.ctr import load_sequence
+from ctr_vla_ros.benchmarks.measurement import machine_description, write_results
 from ctr_vla_ros.tools.node_processes import REPO, NodeProcess, interrupt_on_sigterm, network_safe_environment
 
 CAMERA_RATE = 30.0
