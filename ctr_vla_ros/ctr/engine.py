@@ -257,10 +257,10 @@ class CtrEngine:
         prompt_length = len(query.prompt_ids)
         llm_buffers = self._prepare_llm(prompt_length)
         self._set_visual_noise(llm_buffers.caches, num_images * patches)
+        self._embed_text(query, prompt_ids, llm_buffers, clock)
         self._pixel_values.copy_(query.pixel_values)
         computed_patches = self._encode_images(reuse_vision, counts[:-1], clock)
-        normalized, scores, llm_computed = self._run_llm(query, prompt_ids, reuse_llm, counts[-1], llm_buffers,
-                                                         clock)
+        normalized, scores, llm_computed = self._run_llm(prompt_length, reuse_llm, counts[-1], llm_buffers, clock)
 
         self._update_references(images, reuse_vision | reuse_llm, cache, keyframe=bool(reason))
         cache.attention_scores = scores
@@ -413,18 +413,22 @@ class CtrEngine:
             return normalized, scores
         return run, [length] * start + [len(visual_rows) + length - visual_tokens] * (num_layers - start)
 
-    def _run_llm(self, query: ModelInput, prompt_ids: torch.Tensor, reuse: torch.Tensor, count: int,
-                 buffers: _LlmBuffers, clock: _StageClock) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Returns the normalised actions, the prompt-to-vision attention scores measured at the probe layer, and
-        the number of positions computed per layer."""
-        model, tokens = self.model, self.tokens
+    def _embed_text(self, query: ModelInput, prompt_ids: torch.Tensor, buffers: _LlmBuffers,
+                    clock: _StageClock) -> None:
+        """BOS and every position after the visual tokens into the LLM buffers, before the vision towers run: the
+        small host-to-device copies this makes then wait for nothing."""
         started = clock.mark()
-        prompt_length = len(prompt_ids)
-        visual_tokens = reuse.numel()
-        bos, rest = model.text_embeddings(prompt_ids, tokens.space_id, tokens.stop_id, query.normalized_proprio)
+        bos, rest = self.model.text_embeddings(prompt_ids, self.tokens.space_id, self.tokens.stop_id,
+                                               query.normalized_proprio)
         buffers.bos.copy_(bos)
         buffers.rest.copy_(rest)
         clock.span('llm', started, clock.mark())
+
+    def _run_llm(self, prompt_length: int, reuse: torch.Tensor, count: int, buffers: _LlmBuffers,
+                 clock: _StageClock) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Returns the normalised actions, the prompt-to-vision attention scores measured at the probe layer, and
+        the number of positions computed per layer."""
+        visual_tokens = reuse.numel()
         if self._graphs is not None and ('llm', prompt_length, visual_tokens, True) not in self._graphs:
             self._capture_llm_graphs(prompt_length, buffers)
         full = count == visual_tokens
