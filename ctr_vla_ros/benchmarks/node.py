@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -60,18 +59,17 @@ class InputFeed:
     and chunks with their arrival times, and calls its services."""
 
     def __init__(self, sequence: dict[str, Any], policy: NodeProcess) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
-        from rclpy.signals import SignalHandlerOptions
         from ctr_vla_ros_msgs.msg import ActionChunk, EndEffectorDelta
         from sensor_msgs.msg import Image
         from std_msgs.msg import Float64MultiArray, String
 
-        self.rclpy, self.sequence, self.policy = rclpy, sequence, policy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)  # Ctrl-C reaches `finally`
-        self.node = node = rclpy.create_node('bench_node_driver', context=self.context)
+        from ctr_vla_ros.nodes.runtime import BackgroundNode
+
+        self.sequence, self.policy = sequence, policy
+        # Spinning from the start: what follows is created while it waits, which rclpy allows.
+        self.background = BackgroundNode('bench_node_driver')
+        self.node = node = self.background.node
         self.chunks: list[tuple[float, Any]] = []
         self.deltas: list[tuple[float, Any]] = []
         self.transport: list[float] = []
@@ -88,10 +86,6 @@ class InputFeed:
         self.frame_index = 0
         self.clients: dict[str, Any] = {}
         node.create_timer(1.0 / CAMERA_RATE, self.publish_inputs)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(node)
-        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
-        self.spinner.start()
 
     def publish_inputs(self) -> None:
         from std_msgs.msg import Float64MultiArray, Header, String
@@ -141,8 +135,7 @@ class InputFeed:
             time.sleep(0.002)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.rclpy.shutdown(context=self.context)
+        self.background.close()
 
 
 def measure(checkpoint: Path, unnorm_key: str, sequence: dict[str, Any], mode: str, seconds: float,

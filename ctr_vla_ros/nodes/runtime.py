@@ -53,3 +53,35 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> NoRetur
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+class BackgroundNode:
+    """A node of a tool or test process in its own context, spun on a background thread while the process does its
+    work, and torn down safely: `close` stops the spin loop and joins its thread before the node and the context are
+    destroyed. (Destroying them while another thread is inside the executor's wait crashes rclpy when that wait
+    returns, ros2/rclpy#968.)"""
+
+    def __init__(self, name: str) -> None:
+        self.context = rclpy.Context()
+        # Without rclpy's signal handler, Ctrl-C raises KeyboardInterrupt and the owner's cleanup runs.
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name=f'{name}_spin', daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.executor.spin_once(timeout_sec=SIGNAL_CHECK_PERIOD)
+        except ExternalShutdownException:
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)

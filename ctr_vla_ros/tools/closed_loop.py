@@ -36,17 +36,13 @@ class ClosedLoopClient:
     sides."""
 
     def __init__(self, name: str, camera_names: tuple[str, ...] = ('primary', 'wrist')) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
         from ctr_vla_ros_msgs.msg import ActionChunk, CtrStats, ReuseMask, SimStatus
 
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        # rclpy's own handler would turn Ctrl-C into a shut-down context and the tool would wait on; without it,
-        # Ctrl-C raises KeyboardInterrupt and the tool's cleanup stops the nodes it started.
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node(name, context=self.context)
+        from ctr_vla_ros.nodes.runtime import BackgroundNode
+
+        # Spinning from the start: the subscriptions below are created while it waits, which rclpy allows.
+        self.background = BackgroundNode(name)
+        self.node = self.background.node
         self.lock = threading.Lock()
         self.status: Any = None
         self.stats: list[Any] = []
@@ -58,10 +54,6 @@ class ClosedLoopClient:
         for camera in camera_names:
             self.node.create_subscription(ReuseMask, f'/ctr_vla_policy/reuse_mask/{camera}',
                                           lambda mask, camera=camera: self.on_mask(camera, mask), 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
 
     def on_status(self, status: Any) -> None:
         with self.lock:
@@ -136,6 +128,4 @@ class ClosedLoopClient:
             time.sleep(0.2)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)
+        self.background.close()

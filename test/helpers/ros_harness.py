@@ -4,42 +4,22 @@ context, spun on a background thread)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from ctr_vla_ros.nodes.runtime import BackgroundNode
 
 
-
-class Driver:
+class Driver(BackgroundNode):
     """The test's own rclpy node, spinning in the background."""
 
     def __init__(self, name: str = 'test_driver') -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # the context was shut down
-            pass
+        super().__init__(name)
 
     def record(self, message_type: type, topic: str, qos: Any = 10) -> list:
         received: list = []
         self.node.create_subscription(message_type, topic, received.append, qos)
         return received
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
