@@ -198,10 +198,6 @@ class CtrEngine:
         """(num_images, patches, hidden): the visual tokens the last query fed the LLM (projector outputs)."""
         return self._projected if self._cache is not None else None
 
-    @property
-    def captured_graphs(self) -> int:
-        return len(self._graphs) if self._graphs is not None else 0
-
     def reset(self, reason: str = 'episode_reset') -> None:
         """Drop every cache: the next query is a keyframe with this reason."""
         self._cache = None
