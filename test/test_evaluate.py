@@ -281,7 +281,13 @@ def test_divergence_finds_where_actions_and_arms_part_and_how_the_failure_ends()
 
 
 def test_results_resume_take_more_configurations_and_start_over_on_other_episodes(tmp_path):
+    from ctr_vla_ros.ctr.engine import VisualNoise
+    from ctr_vla_ros.evaluation.configurations import CONFIGS, Configuration
     from ctr_vla_ros.evaluation.results import Results, read_query_log
+
+    off = Configuration(CONFIGS['off']).to_json()
+    fragility = Configuration(CONFIGS['off'], VisualNoise(0.3, (0.1, 0.2))).to_json()
+    paper = Configuration(CONFIGS['paper']).to_json()
 
     def settings(**configurations):
         return {'starts': ['fixed-40'], 'configurations': configurations}
@@ -292,22 +298,27 @@ def test_results_resume_take_more_configurations_and_start_over_on_other_episode
                 'vision_reuse': [0.0, 0.0], 'llm_reuse': [0.0, 0.0], 'queries': [{'step': 1}]}
 
     output = tmp_path / 'eval_x.json'
-    fragility = {'noise': {'relative': (0.1, 0.2)}}
-    results = Results(output, settings(off={}, fragility=fragility))
+    results = Results(output, settings(off=off, fragility=fragility))
     results.add(episode('off'))
     results.add(episode('fragility'))
     with gzip.open(results.query_log, 'at') as file:
         file.write('{"configuration": "off", "task_id": 1, "start": "fix')  # a run killed mid-write
     # Tuples in the settings, lists in the file: the same settings.
-    again = Results(output, settings(off={}, fragility=fragility))
+    again = Results(output, settings(off=off, fragility=fragility))
     assert again.done == {('off', 1, 'fixed-40'), ('fragility', 1, 'fixed-40')}
     assert [item['queries'] for item in read_query_log(again.query_log)] == [[{'step': 1}]] * 2
+    # A file written before a CTR setting existed: the setting takes its default, and nothing starts over.
+    stored = json.loads(output.read_text())
+    for definition in stored['settings']['configurations'].values():
+        del definition['ctr']['row_bucket'], definition['ctr']['cuda_graphs']
+    output.write_text(json.dumps(stored))
+    assert Results(output, settings(off=off, fragility=fragility)).done == again.done
     # Another configuration joins the same episodes: the others stay, and so does one not asked for this time.
-    more = Results(output, settings(off={}, paper={'top_k': 160}))
+    more = Results(output, settings(off=off, paper=paper))
     assert more.done == {('off', 1, 'fixed-40'), ('fragility', 1, 'fixed-40')}
     assert list(more.settings['configurations']) == ['off', 'fragility', 'paper']
     assert set(more.summaries()) == {'off', 'fragility'}
     # A configuration defined differently starts over; other episodes: everything starts over.
-    assert Results(output, settings(off={}, fragility={'noise': None})).done == \
-        {('off', 1, 'fixed-40')}
-    assert Results(output, {**settings(off={}), 'starts': ['fixed-41']}).done == set()
+    other_noise = Configuration(CONFIGS['off'], VisualNoise(0.3, (0.1, 0.3))).to_json()
+    assert Results(output, settings(off=off, fragility=other_noise)).done == {('off', 1, 'fixed-40')}
+    assert Results(output, {**settings(off=off), 'starts': ['fixed-41']}).done == set()

@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from ctr_vla_ros.evaluation.configurations import Configuration
 from ctr_vla_ros.evaluation.statistics import summarize
 from ctr_vla_ros.benchmarks.measurement import machine_description
 
@@ -49,22 +50,30 @@ def episode_record(configuration: str, task_id: int, start: str, instruction: st
     }
 
 
+def as_stored(value: Any) -> Any:
+    """A value as the results file holds it (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
 class Results:
     """The results JSON and the query log of one evaluation, resumable, and open to more configurations: a run with
     the same episodes (every setting but the configurations) keeps the episodes of every configuration whose
-    definition it shares, and of those it does not ask for; a configuration defined differently starts over."""
+    definition it shares, and of those it does not ask for; a configuration defined differently starts over.
+    A stored definition is read as the code reads it today, so a setting added since takes its default (the
+    behaviour of the runs that wrote the file) instead of making every configuration start over."""
 
     def __init__(self, output: Path, settings: dict[str, Any]) -> None:
         self.output = output
         self.query_log = output.with_name(output.stem + '_queries.jsonl.gz')
-        settings = json.loads(json.dumps(settings))  # as the file holds them (tuples become lists)
+        settings = as_stored(settings)
         previous = json.loads(output.read_text()) if output.is_file() else {}
         old = previous.get('settings', {})
+        old_configs = {name: as_stored(Configuration.from_json(definition).to_json())
+                       for name, definition in old.get('configurations', {}).items()}
         asked = settings['configurations']
         if {key: value for key, value in old.items() if key != 'configurations'} == \
                 {key: value for key, value in settings.items() if key != 'configurations'}:
-            kept = {name: config for name, config in old.get('configurations', {}).items()
-                    if asked.get(name, config) == config}
+            kept = {name: config for name, config in old_configs.items() if asked.get(name, config) == config}
         else:
             kept = {}
         self.settings = {**settings, 'configurations': {**kept, **asked}}
