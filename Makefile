@@ -70,11 +70,14 @@ demo: setup setup-sim
 	    $(DEMO_ARGS)
 
 # A policy trained here (long CPU jobs, each resumable: run them with nohup and rerun to continue). The scripted
-# expert's demonstrations of LIBERO-Goal tasks in LIBERO's HDF5 layout (initial states 0-39; 40-49 are held out),
+# expert's demonstrations of LIBERO-Goal tasks in LIBERO's HDF5 layout (the training starts: fixed initial states
+# 0-39 and sampled placements from seed 10000; executed with perturbations, labelled with the expert's clean actions),
 # training of the package's own small OpenVLA-OFT, and the closed-loop evaluation with CTR off and on (in-process,
 # paired, EVAL_WORKERS processes; eval-ros: the same episodes over ROS, several times slower).
 TASKS ?= 1 4 7 8
 DEMOS ?= demos
+DEMO_SAMPLED ?= 10000 10059
+DEMO_PERTURBATION ?= --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003
 TRAINING_RUN ?= training_runs/libero_goal_small
 TRAIN_ARGS ?= --arch small --epochs 2.5 --batch-size 8 --threads 2
 TRAINED_CHECKPOINT ?= models/libero_goal_small
@@ -83,7 +86,8 @@ EVAL_INIT_STATES ?= 40 49
 EVAL_SAMPLED ?= 0 39
 EVAL_WORKERS ?= 2
 demos: setup setup-sim
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.record_demos --tasks $(TASKS) --init-states 0-39 --output $(DEMOS)
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.record_demos --tasks $(TASKS) --init-states 0 39 \
+	    $(if $(DEMO_SAMPLED),--sampled-inits $(DEMO_SAMPLED)) $(DEMO_PERTURBATION) --output $(DEMOS)
 
 # Two OpenMP threads that spin while the other core is busy are several times slower: wait passively.
 train: setup

@@ -1,12 +1,17 @@
 """The scripted LIBERO-Goal expert and its recorder. Skipped only when the simulation extra is not installed
 (`make setup-sim`; CI installs it)."""
 
+import json
+
 import numpy as np
 import pytest
 
 pytest.importorskip('libero', reason='the LIBERO simulation extra is not installed (make setup-sim)')
+from ctr_vla_ros.data.libero_hdf5 import DemoFileReader  # noqa: E402
+from ctr_vla_ros.evaluation.starts import Start, starts  # noqa: E402
 from ctr_vla_ros.sim.expert import PASS_THROUGH, LiberoGoalExpert  # noqa: E402
 from ctr_vla_ros.sim.libero_env import LiberoSimulation  # noqa: E402
+from ctr_vla_ros.sim.perturbation import PerturbedExecution, Perturbation  # noqa: E402
 from ctr_vla_ros.tools import record_demos  # noqa: E402
 
 
@@ -47,8 +52,67 @@ def test_expert_knows_which_goals_it_can_do():
     assert not LiberoGoalExpert.supports(['on', 'wine_bottle_1', 'wine_rack_1_top_region'])
 
 
-def test_recorder_never_records_the_held_out_initial_states(tmp_path):
-    assert record_demos.parse_init_states('0-3,7,40-41') == [0, 1, 2, 3, 7, 40, 41]
-    with pytest.raises(ValueError, match='held out'):
-        record_demos.record([8], [38, 39, 40], tmp_path, resolution=128, max_steps=10)
+def test_recorder_never_records_the_starts_reserved_for_evaluation(tmp_path):
+    for chosen in (starts((38, 40), None), starts(None, (9999, 10000))):
+        with pytest.raises(ValueError, match='reserved for evaluation'):
+            record_demos.record([8], chosen, Perturbation(), tmp_path, resolution=128, max_steps=10)
     assert not any(tmp_path.iterdir())
+
+
+def test_without_perturbation_the_executed_action_is_the_clean_one():
+    execution = PerturbedExecution(Perturbation(), np.random.default_rng(0))
+    clean = np.array([0.3, -0.2, 0.1, 0.0, 0.05, -0.1, 1.0])
+    for _ in range(50):
+        np.testing.assert_array_equal(execution.executed(clean), clean)
+
+
+def test_perturbed_execution_noise_pushes_and_gripper_segments():
+    clean = np.array([0.2, 0.0, -0.1, 0.0, 0.0, 0.05, -1.0])
+    noise = PerturbedExecution(Perturbation(action_noise=0.05), np.random.default_rng(1))
+    executed = np.array([noise.executed(clean) for _ in range(4000)])
+    np.testing.assert_allclose((executed - clean)[:, :6].std(axis=0), 0.05, rtol=0.08)
+    np.testing.assert_allclose((executed - clean)[:, :6].mean(axis=0), 0.0, atol=0.005)
+    np.testing.assert_array_equal(executed[:, 6], -1.0)  # the gripper command is binary: no noise on it
+    assert np.abs(PerturbedExecution(Perturbation(action_noise=5.0), np.random.default_rng(2))
+                  .executed(clean)[:6]).max() <= 1.0
+
+    perturbation = Perturbation(push_rate=0.05, gripper_rate=0.05, push_steps=6, push_size=0.5, gripper_steps=4,
+                                quiet_steps=10)
+    execution = PerturbedExecution(perturbation, np.random.default_rng(3))
+    steps = []
+    for _ in range(600):
+        action = execution.executed(clean)
+        steps.append((execution.segment, execution.segment_started, action))
+    assert all(segment is None for segment, _, _ in steps[:10]), 'nothing in the quiet steps'
+    kinds = [segment for segment, started, _ in steps if started]
+    assert {'push', 'gripper'} <= set(kinds)
+    for index, (segment, started, action) in enumerate(steps):
+        if started:  # a segment lasts its length, then the clean action comes back
+            length = perturbation.push_steps if segment == 'push' else perturbation.gripper_steps
+            assert [item[0] for item in steps[index:index + length]] == [segment] * length
+        if segment == 'push':
+            assert np.linalg.norm(action[:3]) == pytest.approx(0.5)
+            np.testing.assert_array_equal(action[3:], clean[3:])
+        elif segment == 'gripper':
+            np.testing.assert_array_equal(action, [*clean[:6], 1.0])
+        else:
+            np.testing.assert_array_equal(action, clean)
+    again = PerturbedExecution(perturbation, np.random.default_rng(3))
+    np.testing.assert_array_equal([again.executed(clean) for _ in range(600)], [action for *_, action in steps])
+
+
+def test_perturbed_demonstration_labels_the_clean_actions_and_resumes(tmp_path):
+    """The expert recovers from a push and a wrong gripper command; the file holds its clean actions as labels, what
+    the arm executed beside them, and the start; a second run records nothing."""
+    perturbation = Perturbation(action_noise=0.1, push_rate=0.02, gripper_rate=0.01)
+    chosen = [Start('sampled', 10_000)]
+    episodes = record_demos.record([8], chosen, perturbation, tmp_path, resolution=128, max_steps=300)
+    assert [(episode.success, episode.segments >= 2) for episode in episodes] == [(True, True)]
+    with DemoFileReader(next(tmp_path.glob('*.hdf5'))) as reader:
+        demonstration = reader.read('demo_0')
+    assert demonstration.start == 'sampled-10000' and len(demonstration) == episodes[0].steps
+    assert json.loads(demonstration.perturbation) == perturbation.to_json()
+    difference = demonstration.executed_actions - demonstration.actions
+    assert 0.05 < difference[:, :6].std() < 0.3
+    assert np.abs(np.diff(demonstration.actions[:, :6], axis=0)).max() <= 0.1 + 1e-9, 'the labels stay smooth'
+    assert record_demos.record([8], chosen, perturbation, tmp_path, resolution=128, max_steps=300) == []

@@ -17,7 +17,7 @@ PROBLEM_INFO = {'problem_name': 'libero_tabletop_manipulation', 'domain_name': '
 STATE_SIZE = 79
 
 
-def random_demonstration(length: int, seed: int, init_state_index: int | None = None) -> Demonstration:
+def random_demonstration(length: int, seed: int, start: str | None = None, perturbed: bool = False) -> Demonstration:
     rng = np.random.default_rng(seed)
     return Demonstration(
         actions=rng.uniform(-1, 1, (length, 7)),
@@ -25,16 +25,18 @@ def random_demonstration(length: int, seed: int, init_state_index: int | None = 
         eye_in_hand_rgb=rng.integers(0, 256, (length, 16, 16, 3), dtype=np.uint8),
         ee_states=rng.normal(size=(length, 6)), gripper_states=rng.normal(size=(length, 2)),
         joint_states=rng.normal(size=(length, 7)), robot_states=rng.normal(size=(length, 9)),
-        states=rng.normal(size=(length, STATE_SIZE)), model_file=f'<mujoco model="{seed}"/>',
-        init_state_index=init_state_index)
+        states=rng.normal(size=(length, STATE_SIZE)), model_file=f'<mujoco model="{seed}"/>', start=start,
+        executed_actions=rng.uniform(-1, 1, (length, 7)) if perturbed else None,
+        perturbation='{"action_noise": 0.1}' if perturbed else '')
 
 
 def test_round_trip_is_exact(tmp_path):
     path = tmp_path / demo_file_name('put_the_bowl_on_the_plate')
     writer = DemoFileWriter(path, PROBLEM_INFO)
-    written = [random_demonstration(5, seed=0, init_state_index=3), random_demonstration(7, seed=1, init_state_index=4)]
+    written = [random_demonstration(5, seed=0, start='fixed-3'),
+               random_demonstration(7, seed=1, start='sampled-10004', perturbed=True)]
     assert [writer.write(demonstration) for demonstration in written] == ['demo_0', 'demo_1']
-    assert writer.init_state_indices() == {3, 4}
+    assert writer.starts() == {'fixed-3', 'sampled-10004'}
     with DemoFileReader(path) as reader:
         assert reader.instruction == 'put the bowl on the plate'
         assert reader.demo_names == ['demo_0', 'demo_1'] and len(reader) == 2
@@ -42,12 +44,15 @@ def test_round_trip_is_exact(tmp_path):
             for field in ('actions', 'agentview_rgb', 'eye_in_hand_rgb', 'ee_states', 'gripper_states',
                           'joint_states', 'robot_states', 'states'):
                 np.testing.assert_array_equal(getattr(read, field), getattr(original, field), err_msg=field)
-            assert (read.model_file, read.init_state_index) == (original.model_file, original.init_state_index)
+            assert (read.model_file, read.start, read.perturbation) == \
+                (original.model_file, original.start, original.perturbation)
+        assert reader.read('demo_0').executed_actions is None
+        np.testing.assert_array_equal(reader.read('demo_1').executed_actions, written[1].executed_actions)
 
 
 def test_layout_matches_the_official_datasets(tmp_path):
     path = tmp_path / 'turn_on_the_stove_demo.hdf5'
-    DemoFileWriter(path, PROBLEM_INFO).write(random_demonstration(6, seed=2, init_state_index=0))
+    DemoFileWriter(path, PROBLEM_INFO).write(random_demonstration(6, seed=2, start='fixed-0'))
     with h5py.File(path, 'r') as file:
         data = file['data']
         assert json.loads(data.attrs['problem_info'])['language_instruction'] == 'put the bowl on the plate'
@@ -67,7 +72,7 @@ def test_layout_matches_the_official_datasets(tmp_path):
         assert demo['obs/agentview_rgb'].compression == 'gzip'
         np.testing.assert_array_equal(demo['dones'][()], [0, 0, 0, 0, 0, 1])
         np.testing.assert_array_equal(demo['rewards'][()], [0, 0, 0, 0, 0, 1])
-        assert demo.attrs['num_samples'] == 6 and demo.attrs['init_state_index'] == 0
+        assert demo.attrs['num_samples'] == 6 and demo.attrs['start'] == 'fixed-0'
         np.testing.assert_array_equal(demo.attrs['init_state'], demo['states'][0])
 
 
@@ -87,19 +92,30 @@ def test_reader_reads_a_file_without_attributes(tmp_path):
         assert reader.demo_names == ['demo_2', 'demo_10']  # numeric order, as LIBERO numbers them
         read = reader.read('demo_10')
         np.testing.assert_array_equal(read.eye_in_hand_rgb, demonstration.eye_in_hand_rgb)
-        assert (read.model_file, read.init_state_index) == ('', None)
+        assert (read.model_file, read.start, read.executed_actions) == ('', None, None)
 
 
 def test_a_demo_interrupted_while_written_is_dropped_on_reopening(tmp_path):
     path = tmp_path / 'put_the_bowl_on_the_plate_demo.hdf5'
-    DemoFileWriter(path, PROBLEM_INFO).write(random_demonstration(3, seed=4, init_state_index=0))
+    DemoFileWriter(path, PROBLEM_INFO).write(random_demonstration(3, seed=4, start='fixed-0'))
     with h5py.File(path, 'a') as file:  # what a kill between a demo's datasets and its num_samples leaves
         file['data'].create_group('demo_1').create_dataset('actions', data=np.zeros((2, 7)))
     writer = DemoFileWriter(path, PROBLEM_INFO)
-    assert writer.init_state_indices() == {0}
-    assert writer.write(random_demonstration(2, seed=5, init_state_index=1)) == 'demo_1'
+    assert writer.starts() == {'fixed-0'}
+    assert writer.write(random_demonstration(2, seed=5, start='fixed-1')) == 'demo_1'
     with DemoFileReader(path) as reader:
         assert [len(demonstration) for demonstration in reader] == [3, 2]
+
+
+def test_files_of_earlier_versions_name_their_fixed_starts_by_index(tmp_path):
+    path = tmp_path / 'put_the_bowl_on_the_plate_demo.hdf5'
+    writer = DemoFileWriter(path, PROBLEM_INFO)
+    writer.write(random_demonstration(2, seed=7))
+    with h5py.File(path, 'a') as file:
+        file['data/demo_0'].attrs['init_state_index'] = 12
+    assert writer.starts() == {'fixed-12'}
+    with DemoFileReader(path) as reader:
+        assert reader.read('demo_0').start == 'fixed-12'
 
 
 def test_writer_waits_while_another_process_has_the_file_open(tmp_path, monkeypatch):
@@ -111,7 +127,7 @@ def test_writer_waits_while_another_process_has_the_file_open(tmp_path, monkeypa
     try:
         assert reader.stdout.readline() == 'open\n'
         start = time.monotonic()
-        assert writer.write(random_demonstration(2, seed=6, init_state_index=0)) == 'demo_0'
+        assert writer.write(random_demonstration(2, seed=6, start='fixed-0')) == 'demo_0'
         assert time.monotonic() - start > 0.5, 'the reader held the file: the writer had to wait'
     finally:
         reader.wait()

@@ -12,9 +12,12 @@ regenerated ones (`put_the_bowl_on_the_plate_demo.hdf5`):
         obs/gripper_states (T, 2) float64  finger joint positions
         obs/joint_states (T, 7)   float64  arm joint angles
 
-The writer adds `init_state_index` to each demo (which of the task's recorded initial states it started from). The
-reader depends on none of the attributes: OpenVLA-OFT's regenerated files have none, so the instruction then comes
-from the file name, as their converter takes it.
+The writer adds to each demo `start` (where it started: `fixed-N`, the task's recorded initial state N, or
+`sampled-S`, a placement drawn with seed S; files of earlier versions have `init_state_index` N instead) and, for
+demonstrations recorded with perturbed execution, `perturbation` (its settings as JSON) and `executed_actions`
+(T, 7), what the arm was commanded; `actions` are then the expert's clean actions, the labels. The reader depends on
+none of these: OpenVLA-OFT's regenerated files have none, so the instruction then comes from the file name, as their
+converter takes it.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ class Demonstration:
     robot_states: np.ndarray  # (T, 9)
     states: np.ndarray  # (T, S) flattened MuJoCo states
     model_file: str = ''  # the episode's MuJoCo model as XML (with `states`, what replays it), when known
-    init_state_index: int | None = None  # which recorded initial state of the task it started from, when known
+    start: str | None = None  # where it started ('fixed-3', 'sampled-10000'), when known
+    executed_actions: np.ndarray | None = None  # (T, 7) when the arm executed perturbed actions, not `actions`
+    perturbation: str = ''  # the perturbation's settings as JSON, when perturbed
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -85,11 +90,10 @@ class DemoFileWriter:
                 del data[name]
             _update_totals(data)
 
-    def init_state_indices(self) -> set[int]:
-        """The initial states of the demos already in the file."""
+    def starts(self) -> set[str]:
+        """The starts of the demos already in the file."""
         with h5py.File(self.path, 'r') as file:
-            return {int(demo.attrs['init_state_index']) for demo in file['data'].values()
-                    if 'init_state_index' in demo.attrs}
+            return {start for start in map(_start, file['data'].values()) if start is not None}
 
     def write(self, demonstration: Demonstration) -> str:
         """Add one demonstration as the next demo_N; returns its name."""
@@ -117,11 +121,22 @@ class DemoFileWriter:
             demo.attrs['init_state'] = demonstration.states[0].astype(np.float64)
             if demonstration.model_file:
                 demo.attrs['model_file'] = demonstration.model_file
-            if demonstration.init_state_index is not None:
-                demo.attrs['init_state_index'] = demonstration.init_state_index
+            if demonstration.start is not None:
+                demo.attrs['start'] = demonstration.start
+            if demonstration.executed_actions is not None:
+                demo.create_dataset('executed_actions', data=demonstration.executed_actions.astype(np.float64))
+                demo.attrs['perturbation'] = demonstration.perturbation
             demo.attrs['num_samples'] = length  # last: marks the demo complete
             _update_totals(data)
         return name
+
+
+def _start(demo: h5py.Group) -> str | None:
+    if 'start' in demo.attrs:
+        return str(demo.attrs['start'])
+    if 'init_state_index' in demo.attrs:  # written before sampled starts existed
+        return f'fixed-{int(demo.attrs["init_state_index"])}'
+    return None
 
 
 def _open_for_appending(path: Path) -> h5py.File:
@@ -162,11 +177,12 @@ class DemoFileReader:
     def read(self, name: str) -> Demonstration:
         demo = self.file['data'][name]
         obs = demo['obs']
-        index = demo.attrs.get('init_state_index')
         return Demonstration(
             actions=demo['actions'][()], states=demo['states'][()], robot_states=demo['robot_states'][()],
             **{key: obs[key][()] for key in OBSERVATION_KEYS}, model_file=demo.attrs.get('model_file', ''),
-            init_state_index=None if index is None else int(index))
+            start=_start(demo),
+            executed_actions=demo['executed_actions'][()] if 'executed_actions' in demo else None,
+            perturbation=demo.attrs.get('perturbation', ''))
 
     def close(self) -> None:
         self.file.close()

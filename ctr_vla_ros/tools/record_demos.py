@@ -1,13 +1,18 @@
 """Record LIBERO-Goal demonstrations with the scripted expert, in LIBERO's HDF5 layout, or measure its success.
 
-    python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --output demos/
-    python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 0-49 --measure
+    python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 0 39 --sampled-inits 10000 10059 \
+        --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003 --output demos/
+    python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 40 49 --measure --action-noise 0.1
 
-One episode per (task, initial state); only successful episodes are written, each as soon as it ends, one file per
-task named like the official ones (`put_the_bowl_on_the_plate_demo.hdf5`). A run is deterministic and resumable:
-demos already in a file are skipped, so a killed run continues where it stopped (a failed initial state is tried
-again: it fails again, deterministically). Initial states 40-49 of every task are held out for the closed-loop
-evaluation of a learned policy and are never recorded; `--measure` runs them without writing anything.
+One episode per (task, start): LIBERO's fixed initial states (`--init-states`) and placements drawn from the task's
+BDDL regions with a seed (`--sampled-inits`). Only successful episodes are written, each as soon as it ends, one
+file per task named like the official ones (`put_the_bowl_on_the_plate_demo.hdf5`). With perturbed execution
+(`--action-noise`, `--push-rate`, `--gripper-rate`, see `sim/perturbation.py`) the arm executes perturbed actions
+and the expert's clean ones are the labels, so the demonstrations show how to come back from a policy's errors.
+A run is deterministic and resumable: demos already in a file are skipped, so a killed run continues where it
+stopped (a failed start is tried again: it fails again, deterministically). The starts reserved for evaluation
+(fixed states 40-49, seeds 0-9999) are never recorded; `--measure` runs any start without writing anything, and
+without rendering (the expert reads the simulator's state; rendering does not touch the physics).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from tqdm import tqdm
 
 from ctr_vla_ros.control.robot_state import quaternion_to_axis_angle
 from ctr_vla_ros.data.libero_hdf5 import DemoFileWriter, Demonstration, demo_file_name
-from ctr_vla_ros.evaluation.starts import EVALUATION_FIXED, TRAINING_FIXED
+from ctr_vla_ros.evaluation.starts import KINDS, Start, check_training_starts, starts
 from ctr_vla_ros.sim.expert import LiberoGoalExpert
 from ctr_vla_ros.sim.libero_env import LiberoSimulation, Observation
+from ctr_vla_ros.sim.perturbation import PerturbedExecution, Perturbation
 
 SUITE = 'libero_goal'
 MAX_STEPS = 300  # OpenVLA-OFT's episode limit for LIBERO-Goal
@@ -33,9 +39,10 @@ MAX_STEPS = 300  # OpenVLA-OFT's episode limit for LIBERO-Goal
 @dataclasses.dataclass
 class Episode:
     task_id: int
-    init_state: int
+    start: str
     success: bool
     steps: int
+    segments: int  # perturbation segments (pushes, wrong gripper commands) the expert recovered from or not
     demonstration: Demonstration | None  # only for a successful episode whose frames were kept
 
 
@@ -44,12 +51,13 @@ class _Frames:
 
     def __init__(self) -> None:
         self.columns: dict[str, list[np.ndarray]] = {field.name: [] for field in dataclasses.fields(Demonstration)
-                                                     if field.name not in ('model_file', 'init_state_index')}
+                                                     if field.name not in ('model_file', 'start', 'perturbation')}
 
-    def add(self, observation: Observation, state: np.ndarray, action: np.ndarray) -> None:
+    def add(self, observation: Observation, state: np.ndarray, action: np.ndarray, executed: np.ndarray) -> None:
         quaternion = observation.eef_quaternion_xyzw
         columns = self.columns
         columns['actions'].append(action)
+        columns['executed_actions'].append(executed)
         # LiberoSimulation turns LIBERO's images upright; the datasets keep them as rendered, upside down.
         columns['agentview_rgb'].append(observation.primary[::-1, ::-1])
         columns['eye_in_hand_rgb'].append(observation.wrist[::-1, ::-1])
@@ -60,48 +68,61 @@ class _Frames:
                                                        quaternion]))
         columns['states'].append(state)
 
-    def demonstration(self, model_file: str, init_state: int) -> Demonstration:
-        return Demonstration(**{name: np.stack(values) for name, values in self.columns.items()},
-                             model_file=model_file, init_state_index=init_state)
+    def demonstration(self, model_file: str, start: Start, perturbation: Perturbation) -> Demonstration:
+        columns = {name: np.stack(values) for name, values in self.columns.items()}
+        if not perturbation.active:  # the executed actions are the labels
+            del columns['executed_actions']
+        return Demonstration(**columns, model_file=model_file, start=start.key,
+                             perturbation=json.dumps(perturbation.to_json()) if perturbation.active else '')
 
 
-def run_episode(simulation: LiberoSimulation, init_state: int, max_steps: int, keep_frames: bool) -> Episode:
-    """The expert from one initial state until the task succeeds or `max_steps` pass. Seeded with the initial state's
-    index, so the episode is the same whatever ran before it."""
-    observation = simulation.reset(init_state, seed=init_state)
+def episode_generator(task_id: int, start: Start) -> np.random.Generator:
+    """The perturbations' generator of one episode: a function of the task and the start alone."""
+    return np.random.default_rng([task_id, KINDS.index(start.kind), start.index])
+
+
+def run_episode(simulation: LiberoSimulation, start: Start, perturbation: Perturbation, max_steps: int,
+                keep_frames: bool) -> Episode:
+    """The expert from one start until the task succeeds or `max_steps` pass. Seeded with the start alone, so the
+    episode is the same whatever ran before it. Without frames to keep, nothing is rendered."""
+    observation = start.reset(simulation)
     expert = LiberoGoalExpert(simulation)
+    execution = PerturbedExecution(perturbation, episode_generator(simulation.task_id, start))
     frames = _Frames() if keep_frames else None
+    segments = 0
     for step in range(max_steps):
         action = expert.act(observation)
+        executed = execution.executed(action)
+        segments += execution.segment_started
         if frames is not None:
-            frames.add(observation, simulation.sim_state(), action)
-        observation = simulation.step(action)
+            frames.add(observation, simulation.sim_state(), action, executed)
+        observation = simulation.step(executed, render=keep_frames)
         if observation.success:
-            demonstration = frames.demonstration(simulation.model_xml(), init_state) if frames is not None else None
-            return Episode(simulation.task_id, init_state, True, step + 1, demonstration)
-    return Episode(simulation.task_id, init_state, False, max_steps, None)
+            demonstration = (frames.demonstration(simulation.model_xml(), start, perturbation)
+                             if frames is not None else None)
+            return Episode(simulation.task_id, start.key, True, step + 1, segments, demonstration)
+    return Episode(simulation.task_id, start.key, False, max_steps, segments, None)
 
 
-def record(task_ids: list[int], init_states: list[int], output: Path, resolution: int, max_steps: int) -> list[Episode]:
-    """Record every (task, initial state) not in the output files yet; returns the episodes run."""
-    held_out = sorted(set(init_states) & set(EVALUATION_FIXED))
-    if held_out:
-        raise ValueError(f'initial states {held_out} are held out for evaluation and are never recorded')
+def record(task_ids: list[int], chosen: list[Start], perturbation: Perturbation, output: Path, resolution: int,
+           max_steps: int) -> list[Episode]:
+    """Record every (task, start) not in the output files yet; returns the episodes run."""
+    check_training_starts(chosen)
     episodes = []
-    progress = tqdm(total=len(task_ids) * len(init_states), unit='demo')
+    progress = tqdm(total=len(task_ids) * len(chosen), unit='demo')
     for task_id in task_ids:
-        simulation = LiberoSimulation(SUITE, task_id, init_states[0], resolution)
+        simulation = LiberoSimulation(SUITE, task_id, resolution=resolution)
         try:
             with open(simulation.bddl_file) as bddl:
                 writer = DemoFileWriter(output / demo_file_name(simulation.task_name), simulation.problem_info(),
                                         bddl.read())
-            recorded = writer.init_state_indices()
-            progress.update(len(recorded & set(init_states)))
-            for init_state in init_states:
-                if init_state in recorded:
+            recorded = writer.starts()
+            progress.update(len(recorded & {start.key for start in chosen}))
+            for start in chosen:
+                if start.key in recorded:
                     continue
-                progress.set_description(f'task {task_id} init {init_state}')
-                episode = run_episode(simulation, init_state, max_steps, keep_frames=True)
+                progress.set_description(f'task {task_id} {start.key}')
+                episode = run_episode(simulation, start, perturbation, max_steps, keep_frames=True)
                 if episode.success:
                     name = writer.write(episode.demonstration)
                     episode.demonstration = None  # written: free the frames
@@ -116,16 +137,16 @@ def record(task_ids: list[int], init_states: list[int], output: Path, resolution
     return episodes
 
 
-def measure(task_ids: list[int], init_states: list[int], max_steps: int) -> list[Episode]:
-    """The expert's episodes over the given tasks and initial states, nothing written."""
+def measure(task_ids: list[int], chosen: list[Start], perturbation: Perturbation, max_steps: int) -> list[Episode]:
+    """The expert's episodes over the given tasks and starts, nothing written."""
     episodes = []
-    progress = tqdm(total=len(task_ids) * len(init_states), unit='episode')
+    progress = tqdm(total=len(task_ids) * len(chosen), unit='episode')
     for task_id in task_ids:
-        simulation = LiberoSimulation(SUITE, task_id, init_states[0], resolution=128)
+        simulation = LiberoSimulation(SUITE, task_id, resolution=128)
         try:
-            for init_state in init_states:
-                progress.set_description(f'task {task_id} init {init_state}')
-                episodes.append(run_episode(simulation, init_state, max_steps, keep_frames=False))
+            for start in chosen:
+                progress.set_description(f'task {task_id} {start.key}')
+                episodes.append(run_episode(simulation, start, perturbation, max_steps, keep_frames=False))
                 tqdm.write(_outcome(episodes[-1]))  # one line per episode: a killed run still leaves its figures
                 progress.update()
         finally:
@@ -136,7 +157,7 @@ def measure(task_ids: list[int], init_states: list[int], max_steps: int) -> list
 
 def _outcome(episode: Episode) -> str:
     result = f'success in {episode.steps} steps' if episode.success else f'no success in {episode.steps} steps'
-    return f'task {episode.task_id} init state {episode.init_state}: {result}'
+    return f'task {episode.task_id} {episode.start} ({episode.segments} perturbation segments): {result}'
 
 
 def summarize(episodes: list[Episode]) -> dict[int, dict]:
@@ -147,38 +168,47 @@ def summarize(episodes: list[Episode]) -> dict[int, dict]:
         lengths = [episode.steps for episode in task_episodes if episode.success]
         summary[task_id] = {
             'successes': len(lengths), 'episodes': len(task_episodes),
-            'failed_init_states': [episode.init_state for episode in task_episodes if not episode.success],
+            'failed_starts': [episode.start for episode in task_episodes if not episode.success],
+            'segments': sum(episode.segments for episode in task_episodes),
             'steps_mean': float(np.mean(lengths)) if lengths else None,
             'steps_min': min(lengths, default=None), 'steps_max': max(lengths, default=None),
         }
     return summary
 
 
-def parse_init_states(text: str) -> list[int]:
-    """'0-39' or '0,3,7' or '0-9,20-29' -> the listed initial states, in order."""
-    states = []
-    for part in text.split(','):
-        first, _, last = part.partition('-')
-        states.extend(range(int(first), int(last or first) + 1))
-    return states
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--tasks', type=int, nargs='+', required=True, help='LIBERO-Goal task ids')
-    parser.add_argument('--init-states', type=parse_init_states,
-                        default=list(TRAINING_FIXED), help='e.g. 0-39 (the default) or 0,3,7')
+    parser.add_argument('--init-states', type=int, nargs=2, metavar=('FIRST', 'LAST'),
+                        help="LIBERO's fixed initial states FIRST..LAST (inclusive) of every task")
+    parser.add_argument('--sampled-inits', type=int, nargs=2, metavar=('FIRST', 'LAST'),
+                        help="placements drawn from each task's BDDL regions with seeds FIRST..LAST (inclusive)")
     parser.add_argument('--output', type=Path, default=Path('demos'), help='directory of the HDF5 files')
     parser.add_argument('--resolution', type=int, choices=(128, 256), default=128,
                         help="camera images (LIBERO's datasets: 128; OpenVLA-OFT's regenerated ones: 256)")
     parser.add_argument('--max-steps', type=int, default=MAX_STEPS)
+    defaults = Perturbation()
+    parser.add_argument('--action-noise', type=float, default=defaults.action_noise,
+                        help='standard deviation of the noise on every executed motion component (action units)')
+    parser.add_argument('--push-rate', type=float, default=defaults.push_rate,
+                        help=f'probability per step of a push off the path ({defaults.push_steps} steps)')
+    parser.add_argument('--gripper-rate', type=float, default=defaults.gripper_rate,
+                        help=f'probability per step of a wrong gripper command ({defaults.gripper_steps} steps)')
     parser.add_argument('--measure', action='store_true', help='only measure the success rate, write no demos')
     parser.add_argument('--report', type=Path, help='also write the per-task summary here as JSON')
     args = parser.parse_args(argv)
-    if args.measure:
-        episodes = measure(args.tasks, args.init_states, args.max_steps)
-    else:
-        episodes = record(args.tasks, args.init_states, args.output, args.resolution, args.max_steps)
+    if args.init_states is None and args.sampled_inits is None:
+        parser.error('give --init-states, --sampled-inits or both')
+    chosen = starts(args.init_states, args.sampled_inits)
+    try:
+        perturbation = Perturbation(action_noise=args.action_noise, push_rate=args.push_rate,
+                                    gripper_rate=args.gripper_rate)
+        if args.measure:
+            episodes = measure(args.tasks, chosen, perturbation, args.max_steps)
+        else:
+            episodes = record(args.tasks, chosen, perturbation, args.output, args.resolution, args.max_steps)
+    except ValueError as error:
+        parser.error(str(error))
     summary = summarize(episodes)
     if not summary:
         print('nothing to run: every demo is already recorded')
@@ -186,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
         lengths = (f'episode length mean {task["steps_mean"]:.1f} (min {task["steps_min"]}, max {task["steps_max"]})'
                    if task['successes'] else 'no success')
         print(f'task {task_id}: {task["successes"]}/{task["episodes"]} successful, {lengths}, '
-              f'failed initial states {task["failed_init_states"]}')
+              f'{task["segments"]} perturbation segments, failed starts {task["failed_starts"]}')
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps({'init_states': args.init_states, 'tasks': summary}, indent=2))
+        args.report.write_text(json.dumps({'starts': [start.key for start in chosen],
+                                           'perturbation': perturbation.to_json(), 'tasks': summary}, indent=2))
 
 
 if __name__ == '__main__':
