@@ -220,7 +220,8 @@ def test_export_loads_and_predicts_what_the_trained_model_predicts(test_config, 
     policy = VlaPolicy(checkpoint, 'libero_goal_no_noops', rotate180=True)
     raw_inputs = (list(episode.images[0]), episode.proprio[0], episode.instruction)
     query = policy.prepare(*raw_inputs)
-    np.testing.assert_array_equal(np.stack(query.model_images), trainer.validation_samples.images[0].numpy())
+    np.testing.assert_array_equal(np.stack(query.model_images),
+                                  trainer.validation_samples.model_images(torch.tensor([0]))[0].numpy())
     torch.testing.assert_close(query.normalized_proprio, trainer.validation_samples.proprio[0])
 
     trainer.model.eval()

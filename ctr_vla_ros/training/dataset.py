@@ -11,10 +11,11 @@ Actions are converted to OpenVLA-OFT's LIBERO convention before statistics and n
 command at serving time. Actions and proprio are normalised with the training split's q01/q99 (the gripper action,
 `mask` false, passes through), with the same function serving uses for the state.
 
-Images are stored upside down in LIBERO's HDF5 files: they are rotated 180 degrees and go through the serving path's
-`prepare_image` (JPEG round trip + Lanczos resize to 224) once, and are cached as uint8. Training samples are cached
-without the centre crop (the random crop of the augmentation replaces it); validation samples with it, so validation
-sees exactly what the policy sees.
+Images are stored upside down in LIBERO's HDF5 files: the samples keep them as stored (128 x 128 in LIBERO's
+datasets, a third of the 224 x 224 model input's bytes: 400 demonstrations fit in memory), and each batch goes through
+the serving path's `prepare_image` (rotation by 180 degrees, JPEG round trip, Lanczos resize to 224; a few
+milliseconds per image) when it is used. Training samples are prepared without the centre crop (the random crop of
+the augmentation replaces it), validation samples with it, so validation sees exactly what the policy sees.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ctr_vla_ros.data.libero_hdf5 import DemoFileReader, Demonstration
-from ctr_vla_ros.model.config import IMAGE_SIZE
 from ctr_vla_ros.model.normalization import normalize_proprio
 from ctr_vla_ros.model.preprocess import prepare_image
 
@@ -133,42 +132,40 @@ def normalize_actions(actions: np.ndarray, statistics: dict[str, Any]) -> np.nda
 
 @dataclasses.dataclass
 class SampleSet:
-    """Model-ready samples, everything in memory."""
+    """Training or validation samples, everything in memory; `model_images` prepares a batch's images."""
 
-    images: torch.Tensor  # (N, num_images, 224, 224, 3) uint8, upright, as `prepare_image` gives them
+    images: np.ndarray  # (N, num_images, H, W, 3) uint8 as stored (upside down)
     proprio: torch.Tensor  # (N, proprio_dim) float32, normalised
     actions: torch.Tensor  # (N, chunk_size, action_dim) float32, normalised
     instruction_index: torch.Tensor  # (N,) int64, index into `instructions`
     instructions: list[str]
+    center_crop: bool  # the serving path's crop (validation), or none (training, where the augmentation crops)
 
     def __len__(self) -> int:
         return len(self.actions)
 
     def subset(self, indices: torch.Tensor) -> SampleSet:
-        return SampleSet(self.images[indices], self.proprio[indices], self.actions[indices],
-                         self.instruction_index[indices], self.instructions)
+        return SampleSet(self.images[indices.numpy()], self.proprio[indices], self.actions[indices],
+                         self.instruction_index[indices], self.instructions, self.center_crop)
+
+    def model_images(self, indices: torch.Tensor) -> torch.Tensor:
+        """(batch, num_images, 224, 224, 3) uint8: the images of these samples as `prepare_image` gives them."""
+        stored = self.images[indices.numpy()]
+        prepared = [prepare_image(image, rotate180=True, crop=self.center_crop)
+                    for image in stored.reshape(-1, *stored.shape[2:])]
+        return torch.from_numpy(np.stack(prepared)).unflatten(0, stored.shape[:2])
 
 
 def build_samples(episodes: Sequence[Episode], statistics: dict[str, Any], instructions: Sequence[str],
-                  chunk_size: int, center_crop: bool, description: str) -> SampleSet:
-    """Prepare every timestep of these episodes. center_crop: the serving path's crop (validation), or none
-    (training, where the augmentation crops)."""
-    total = sum(len(episode.actions) for episode in episodes)
-    num_images = episodes[0].images.shape[1]
-    images = torch.empty(total, num_images, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8)
-    proprio, actions, instruction_index = [], [], []
-    start = 0
-    with tqdm(total=total, desc=description, unit='step') as progress:
-        for episode in episodes:
-            for step, step_images in enumerate(episode.images):
-                for camera, image in enumerate(step_images):
-                    prepared = prepare_image(image, rotate180=True, crop=center_crop)
-                    images[start + step, camera] = torch.from_numpy(prepared.copy())
-                progress.update()
-            start += len(episode.actions)
-            proprio.append(normalize_proprio(episode.proprio, statistics['proprio']))
-            actions.append(normalize_actions(action_chunks(episode.actions, chunk_size), statistics['action']))
-            instruction_index.append(np.full(len(episode.actions), instructions.index(episode.instruction)))
-    return SampleSet(images, torch.from_numpy(np.concatenate(proprio)).float(),
+                  chunk_size: int, center_crop: bool) -> SampleSet:
+    """Every timestep of these episodes. center_crop: the serving path's crop (validation), or none (training,
+    where the augmentation crops)."""
+    proprio = [normalize_proprio(episode.proprio, statistics['proprio']) for episode in episodes]
+    actions = [normalize_actions(action_chunks(episode.actions, chunk_size), statistics['action'])
+               for episode in episodes]
+    instruction_index = [np.full(len(episode.actions), instructions.index(episode.instruction))
+                         for episode in episodes]
+    return SampleSet(np.concatenate([episode.images for episode in episodes]),
+                     torch.from_numpy(np.concatenate(proprio)).float(),
                      torch.from_numpy(np.concatenate(actions)).float(),
-                     torch.from_numpy(np.concatenate(instruction_index)).long(), list(instructions))
+                     torch.from_numpy(np.concatenate(instruction_index)).long(), list(instructions), center_crop)

@@ -119,14 +119,13 @@ class Trainer:
 
         chunk_size = self.architecture.action.chunk_size
         self.training_samples = build_samples(training, self.statistics, self.instructions, chunk_size,
-                                              center_crop=False, description='training samples')
+                                              center_crop=False)
         if len(self.training_samples) < config.batch_size:
             raise ValueError(f'{len(self.training_samples)} training samples, fewer than one batch '
                              f'({config.batch_size})')
         self.validation_samples = None
         if validation:
-            samples = build_samples(validation, self.statistics, self.instructions, chunk_size, center_crop=True,
-                                    description='validation samples')
+            samples = build_samples(validation, self.statistics, self.instructions, chunk_size, center_crop=True)
             count = min(config.validation_samples, len(samples))
             self.validation_samples = samples.subset(torch.linspace(0, len(samples) - 1, count).round().long())
 
@@ -209,7 +208,7 @@ class Trainer:
                      ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Pixel values (batch, images, 6, 224, 224), normalised proprio, prompt ids and target chunks."""
         device = self.config.device
-        images = samples.images[indices]
+        images = samples.model_images(indices)
         flat = images.flatten(0, 1)
         if augment:
             flat = augment_images(flat, self.augment_generator)
