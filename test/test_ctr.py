@@ -9,6 +9,7 @@ from ctr_vla_ros.ctr.engine import CtrEngine
 from ctr_vla_ros.ctr.mask import PatchState, patch_cosine_similarity, patch_difference, reuse_mask, top_k_relevant
 from ctr_vla_ros.model.attention import AttentionProbe
 from ctr_vla_ros.model.checkpoint import load_checkpoint
+from ctr_vla_ros.model.flops import count_step_flops
 from ctr_vla_ros.model.llama import apply_rotary
 from ctr_vla_ros.policy import VlaPolicy
 
@@ -83,6 +84,58 @@ def test_identical_inputs_with_reuse_equal_plain_model(checkpoint, libero_sequen
     reference = plain_model(policy, *inputs(libero_sequence, 5))
     assert np.abs(first.normalized_actions - reference).max() <= EXACT
     assert np.abs(second.normalized_actions - reference).max() <= EXACT
+
+
+def pruned_reference(policy, query_inputs, reuse_llm, prune_layer):
+    """The plain model with the reused visual tokens masked out of every attention from `prune_layer` on: an
+    independent formulation of pruning (a key mask over the whole sequence instead of a compact stream)."""
+    model, tokens = policy.checkpoint.model, policy.checkpoint.tokens
+    query = policy.prepare(*query_inputs)
+    layout = model.layout(len(query.prompt_ids))
+    llm = model.language_model.model
+    with torch.inference_mode():
+        embeddings = model.sequence_embeddings(query.pixel_values, query.normalized_proprio, query.prompt_ids,
+                                               tokens.space_id, tokens.stop_id)
+        positions = torch.arange(layout.length)
+        hidden = llm(embeddings, positions, layers=range(prune_layer))
+        keys = torch.ones(layout.length, dtype=torch.bool)
+        keys[1:1 + layout.num_visual_tokens] = ~torch.from_numpy(reuse_llm).flatten()
+        hidden = llm(hidden, positions, layers=range(prune_layer, len(llm.layers)), key_padding_mask=keys[None])
+        action_rows = hidden[0, layout.action_hidden_positions.start:layout.action_hidden_positions.stop]
+        return model.predict_actions(action_rows).double().numpy()
+
+
+@pytest.mark.parametrize('top_k', [0, 150], ids=['all-reused', 'partial'])
+def test_pruning_equals_the_plain_model_with_reused_tokens_masked_out(checkpoint, libero_sequence, top_k):
+    """From llm_prune_layer on, reused visual tokens are neither computed nor attended; below it they keep their
+    cached keys and values, exact at layer 0 for an identical input."""
+    config = REUSE_EVERYTHING.replace(top_k=top_k, llm_prune_layer=1, attention_layer=0)
+    policy = make_policy(checkpoint, config)
+    policy.predict(*inputs(libero_sequence, 5))
+    second = policy.predict(*inputs(libero_sequence, 5))
+    report = second.report
+    assert report.keyframe_reason == '' and report.llm_reuse.mean() > 0.3
+    reuse = report.patch_states == PatchState.REUSED
+    np.testing.assert_array_equal(reuse.mean(axis=1), report.llm_reuse)
+    reference = pruned_reference(policy, inputs(libero_sequence, 5), reuse, prune_layer=1)
+    assert np.abs(second.normalized_actions - reference).max() <= EXACT
+    assert np.abs(second.normalized_actions - plain_model(policy, *inputs(libero_sequence, 5))).max() > 1e-4, \
+        'pruning must change the output'
+    # Layer 0 attends over the whole sequence (cached keys included), the layers above over the computed positions.
+    prompt_length = len(policy.prepare(*inputs(libero_sequence, 5)).prompt_ids)
+    length = checkpoint.model.layout(prompt_length).length
+    computed, layers = length - int(reuse.sum()), checkpoint.architecture.llm.num_layers
+    expected = count_step_flops(checkpoint.architecture, prompt_length, [0, 0], [computed] * layers,
+                                [length] + [computed] * (layers - 1), probe_queries=prompt_length - 1)
+    assert report.flops.llm_attention == pytest.approx(expected.llm_attention)
+    assert report.flops.llm_linear == pytest.approx(expected.llm_linear)
+
+
+def test_the_probe_must_read_a_layer_every_token_reaches(checkpoint):
+    with pytest.raises(ValueError, match='must come before llm_prune_layer'):
+        make_policy(checkpoint, CtrConfig(llm_prune_layer=1, attention_layer=-1))
+    with pytest.raises(ValueError, match='llm_prune_layer'):
+        CtrConfig(llm_reuse_start_layer=2, llm_prune_layer=1)
 
 
 def test_reuse_changes_the_output_when_inputs_change(checkpoint, libero_sequence):

@@ -69,6 +69,7 @@ REUSE_SETTINGS = {
     'paper': PRESETS['paper'],
     'fast': PRESETS['fast'],
     'late_llm_reuse': PRESETS['fast'].replace(llm_reuse_start_layer=1),
+    'pruned': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0),
     'separate_masks': PRESETS['fast'].replace(llm_threshold_scale=0.5),
 }
 

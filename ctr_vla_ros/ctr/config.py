@@ -42,6 +42,12 @@ class CtrConfig:
     input_timeout: float = 1.0
     # LLM layers before this one compute every position; from it on, reused visual positions keep cached K/V.
     llm_reuse_start_layer: int = 0
+    # From this LLM layer on, reused visual positions are left out (pruned: neither computed nor attended) instead of
+    # keeping cached K/V (-1: never, the paper). Why: the LLM is bidirectional, so a cached token's K/V above layer 0
+    # were computed from an earlier query's whole sequence (its proprio, its moving patches) and carry that stale
+    # context into the action; at layer 0 they depend on the token alone and are exact for a reused vision state.
+    # The task-relevance probe (attention_layer) must read a layer before it, where every token still has keys.
+    llm_prune_layer: int = -1
     # Mask-consistency ablation: scale the static threshold on one side only (1.0 and 1.0 = one unified mask).
     vision_threshold_scale: float = 1.0
     llm_threshold_scale: float = 1.0
@@ -65,6 +71,9 @@ class CtrConfig:
         for name in ('top_k', 'max_reuse_per_image', 'llm_reuse_start_layer'):
             if getattr(self, name) < 0:
                 problems.append(f'{name} must be >= 0, got {getattr(self, name)}')
+        if self.llm_prune_layer < -1 or 0 <= self.llm_prune_layer < self.llm_reuse_start_layer:
+            problems.append(f'llm_prune_layer must be -1 (never) or >= llm_reuse_start_layer '
+                            f'({self.llm_reuse_start_layer}), got {self.llm_prune_layer}')
         if self.row_bucket < 1:
             problems.append(f'row_bucket must be >= 1, got {self.row_bucket}')
         if self.keyframe_interval < 1:

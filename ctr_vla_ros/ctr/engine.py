@@ -10,8 +10,9 @@ Per query:
    reused patches keep the keys/values of the query that last computed them. Only recomputed rows are written back.
    The projector runs on recomputed patches only; its cached output stands in for reused ones.
 4. LLM: reused visual positions keep their cached K/V (from `llm_reuse_start_layer` on); every other position is
-   computed with RoPE at its absolute position and attends to the full K/V with no mask, as the baseline. At one
-   layer, one extra small matmul measures prompt-to-vision attention for the next query's task-relevant set.
+   computed with RoPE at its absolute position and attends to the full K/V with no mask, as the baseline. From
+   `llm_prune_layer` on (if set) reused positions are left out instead: the computed ones attend among themselves.
+   At one layer, one extra small matmul measures prompt-to-vision attention for the next query's task-relevant set.
 5. The action head reads the final-norm hidden states one position left of the action slots.
 
 With a zero mask, or with inputs identical to those that produced the cache and every patch reused, the output
@@ -118,6 +119,14 @@ class _LlmBuffers:
     rest: torch.Tensor  # (1, length - V - 1, hidden): proprio, prompt, space, action slots, stop
 
 
+@dataclasses.dataclass
+class LlmRows:
+    """Per LLM layer: the positions computed, and the positions their queries attend over."""
+
+    computed: list[int]
+    attended: list[int]
+
+
 class _StageClock:
     """Stage durations of one query: perf_counter on the CPU, CUDA events on a GPU (resolved by `times()` after the
     step's results are on the host, so timing never makes the step wait)."""
@@ -159,6 +168,12 @@ class CtrEngine:
         if not -num_layers <= layer < num_layers:
             raise ValueError(f'attention_layer {layer} out of range for a {num_layers}-layer LLM')
         self.probe_layer = layer % num_layers
+        prune = self.config.llm_prune_layer
+        if prune >= num_layers:
+            raise ValueError(f'llm_prune_layer {prune} out of range for a {num_layers}-layer LLM')
+        if self.config.enabled and 0 <= prune <= self.probe_layer:
+            raise ValueError(f'attention_layer {layer} (layer {self.probe_layer}) must come before llm_prune_layer '
+                             f'{prune}: pruned tokens have no keys to be attended there')
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         if self.config.cuda_graphs and self.device.type != 'cuda':
@@ -256,7 +271,7 @@ class CtrEngine:
         self._embed_text(query, prompt_ids, llm_buffers, clock)
         self._pixel_values.copy_(query.pixel_values)
         computed_patches = self._encode_images(reuse_vision, counts[:-1], clock)
-        normalized, scores, llm_computed = self._run_llm(prompt_length, reuse_llm, counts[-1], llm_buffers, clock)
+        normalized, scores, llm_rows = self._run_llm(prompt_length, reuse_llm, counts[-1], llm_buffers, clock)
 
         self._update_references(images, reuse_vision | reuse_llm, cache, keyframe=bool(reason))
         cache.attention_scores = scores
@@ -265,8 +280,8 @@ class CtrEngine:
         cache.last_time = now
         cache.queries_since_keyframe = 1 if reason else cache.queries_since_keyframe + 1
 
-        flops = count_step_flops(architecture, prompt_length, computed_patches, llm_computed,
-                                 probe_queries=prompt_length - 1 if config.enabled else 0)
+        flops = count_step_flops(architecture, prompt_length, computed_patches, llm_rows.computed,
+                                 llm_rows.attended, probe_queries=prompt_length - 1 if config.enabled else 0)
         report = StepReport(
             query_index=self.query_index, keyframe_reason=reason, patch_states=masks.patch_states.cpu().numpy(),
             attention_scores=None if previous_scores is None else
@@ -384,6 +399,7 @@ class CtrEngine:
         prompt_positions = torch.arange(layout.prompt_positions.start, layout.prompt_positions.stop, device=device)
         probe_layer = self.probe_layer if config.enabled else None
         start = num_layers if full else min(config.llm_reuse_start_layer, num_layers)
+        prune = num_layers if full or config.llm_prune_layer < 0 else config.llm_prune_layer
         slots = layout.num_action_slots
 
         def run(clock: _StageClock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,14 +408,20 @@ class CtrEngine:
             sequence = torch.cat([buffers.bos, self._projected.reshape(1, visual_tokens, -1), buffers.rest], dim=1)
             rows = torch.cat([positions[:1], visual_rows + 1, positions[visual_tokens + 1:]])
             # Layers before `start` compute every position (all of them, on a keyframe); the rest only `rows`,
-            # reused visual positions keeping their cached keys/values.
+            # reused visual positions keeping their cached keys/values until `prune`, left out from it on.
             hidden = llm(sequence, positions, layers=range(start), caches=buffers.caches, rows=positions,
                          probe_layer=probe_layer, probe=probe)[:, rows] if start > 0 else sequence[:, rows]
             if probe_layer is not None and probe_layer >= start:
                 # Prompt positions in the compact stream: everything after the visual block keeps its order.
                 probe.query_rows = prompt_positions - visual_tokens + len(visual_rows)
-            hidden = llm(hidden, rows, layers=range(start, num_layers), caches=buffers.caches, rows=rows,
+            hidden = llm(hidden, rows, layers=range(start, prune), caches=buffers.caches, rows=rows,
                          probe_layer=probe_layer, probe=probe)
+            # No cache from `prune` on: the computed rows attend among themselves. A padding row (see static_shapes)
+            # repeats the first visual row; here it would count twice as a key, so it is masked out.
+            visual_keys = (torch.arange(len(visual_rows), device=device) == 0) | (visual_rows != visual_rows[:1])
+            keys = torch.cat([torch.ones(1, dtype=torch.bool, device=device), visual_keys,
+                              torch.ones(length - visual_tokens - 1, dtype=torch.bool, device=device)])
+            hidden = llm(hidden, rows, layers=range(prune, num_layers), key_padding_mask=keys[None])
             head_started = clock.mark() if clock else None
             normalized = model.predict_actions(hidden[0, -(slots + 2):-2])
             scores = probe.scores if probe.scores is not None else torch.zeros(visual_tokens, device=device)
@@ -407,7 +429,9 @@ class CtrEngine:
                 clock.span('llm', started, head_started)
                 clock.span('head', head_started, clock.mark())
             return normalized, scores
-        return run, [length] * start + [len(visual_rows) + length - visual_tokens] * (num_layers - start)
+        computed = len(visual_rows) + length - visual_tokens
+        return run, LlmRows([length] * start + [computed] * (num_layers - start),
+                            [length] * prune + [computed] * (num_layers - prune))
 
     def _embed_text(self, query: ModelInput, prompt_ids: torch.Tensor, buffers: _LlmBuffers,
                     clock: _StageClock) -> None:
@@ -421,9 +445,9 @@ class CtrEngine:
         clock.span('llm', started, clock.mark())
 
     def _run_llm(self, prompt_length: int, reuse: torch.Tensor, count: int, buffers: _LlmBuffers,
-                 clock: _StageClock) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                 clock: _StageClock) -> tuple[torch.Tensor, torch.Tensor, LlmRows]:
         """Returns the normalised actions, the prompt-to-vision attention scores measured at the probe layer, and
-        the number of positions computed per layer."""
+        the positions computed and attended per layer."""
         visual_tokens = reuse.numel()
         if self._graphs is not None and ('llm', prompt_length, visual_tokens, True) not in self._graphs:
             self._capture_llm_graphs(prompt_length, buffers)

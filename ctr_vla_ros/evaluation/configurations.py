@@ -17,6 +17,11 @@ CONFIGS: dict[str, CtrConfig] = {
     **PRESETS,
     'vision_only': PRESETS['paper'].replace(llm_reuse=False),
     'llm_only': PRESETS['paper'].replace(vision_reuse=False),
+    # Candidate rules (the reuse-rule issue): a preset's mask, reused tokens kept at LLM layer 0 (exact there) and
+    # pruned above it (see CtrConfig.llm_prune_layer); the task-relevance probe reads layer 0, which every token
+    # reaches.
+    'paper_pruned': PRESETS['paper'].replace(llm_prune_layer=1, attention_layer=0),
+    'fast_pruned': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0),
 }
 FRAGILITY = 'fragility'
 FRAGILITY_OF = 'paper'  # the configuration whose deviation the fragility control reproduces

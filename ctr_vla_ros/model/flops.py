@@ -38,16 +38,21 @@ class StepFlops:
 
 def count_step_flops(architecture: ModelArchitecture, prompt_length: int,
                      computed_patches: Sequence[int] | None = None,
-                     llm_computed_tokens: Sequence[int] | None = None, probe_queries: int = 0) -> StepFlops:
+                     llm_computed_tokens: Sequence[int] | None = None,
+                     llm_attended_tokens: Sequence[int] | None = None, probe_queries: int = 0) -> StepFlops:
     """FLOPs of one step. computed_patches: per image, patches recomputed in the vision towers (default all).
-    llm_computed_tokens: per LLM layer, positions computed (default all). probe_queries: prompt tokens whose
-    attention onto the visual tokens is measured at one layer (the CTR task-relevance probe)."""
+    llm_computed_tokens: per LLM layer, positions computed (default all); llm_attended_tokens: per LLM layer, the
+    positions their queries attend over (default the whole sequence; fewer where tokens are pruned).
+    probe_queries: prompt tokens whose attention onto the visual tokens is measured at one layer (the CTR
+    task-relevance probe)."""
     num_images = architecture.action.num_images
     patches = architecture.patches_per_image
     computed_patches = list(computed_patches) if computed_patches is not None else [patches] * num_images
     llm = architecture.llm
     sequence = architecture.num_visual_tokens + prompt_length + architecture.action.num_action_slots + 3
     llm_computed_tokens = (list(llm_computed_tokens) if llm_computed_tokens is not None
+                           else [sequence] * llm.num_layers)
+    llm_attended_tokens = (list(llm_attended_tokens) if llm_attended_tokens is not None
                            else [sequence] * llm.num_layers)
 
     vision = {}
@@ -67,7 +72,8 @@ def count_step_flops(architecture: ModelArchitecture, prompt_length: int,
     projector = 2 * sum(computed_patches) * (fused * 4 * fused + 4 * fused * hidden + hidden * hidden)
     llm_linear = sum(2 * tokens * (4 * hidden * hidden + 3 * hidden * llm.intermediate_size)
                      for tokens in llm_computed_tokens)
-    llm_attention = sum(4 * tokens * sequence * hidden for tokens in llm_computed_tokens)
+    llm_attention = sum(4 * tokens * attended * hidden
+                        for tokens, attended in zip(llm_computed_tokens, llm_attended_tokens, strict=True))
     llm_attention += 2 * probe_queries * sequence * hidden
     head = 2 * (architecture.action.proprio_dim * hidden + hidden * hidden) + action_head_flops(
         llm, architecture.action)

@@ -97,6 +97,7 @@ def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
         'keyframe_interval': 'recompute everything every N queries',
         'input_timeout': 'a gap between queries longer than this (s) forces a keyframe',
         'llm_reuse_start_layer': 'first LLM layer that keeps cached visual K/V',
+        'llm_prune_layer': 'from this LLM layer on, reused visual tokens are pruned instead of cached (-1: never)',
         'vision_threshold_scale': 'ablation: static-threshold scale on the vision side only',
         'llm_threshold_scale': 'ablation: static-threshold scale on the LLM side only',
         'row_bucket': 'pad recomputed rows to a multiple of this (static shapes; 1: exact counts)',
