@@ -23,7 +23,7 @@ from ctr_vla_ros.training.architectures import PRESETS
 from ctr_vla_ros.training.augment import augment_images, crop_and_resize
 from ctr_vla_ros.training.dataset import (action_chunks, dataset_statistics, episodes_from_files, make_episode,
                                           noop_steps, normalize_actions, split_episodes)
-from ctr_vla_ros.training.trainer import Trainer, TrainingConfig
+from ctr_vla_ros.training.trainer import STEP_PHASES, Trainer, TrainingConfig
 
 SPACE_ID, STOP_ID = 29871, 2
 TINY = ModelArchitecture(
@@ -181,6 +181,19 @@ def test_a_few_steps_lower_the_loss_on_a_tiny_batch(test_config, tmp_path):
         trainer.optimizer.step()
     after = trainer.loss(trainer.training_samples, batch, augment=False).item()
     assert after < 0.7 * before
+
+
+def test_a_profiled_step_is_a_training_step_with_its_phases_timed(test_config, tmp_path):
+    profiled = Trainer(test_config, tmp_path / 'profiled')
+    timing = profiled.profile(steps=2, warmup=1)
+    assert set(timing) == {*STEP_PHASES, 'step', 'samples_per_second'}
+    assert all(timing[phase] > 0 for phase in STEP_PHASES)
+    assert sum(timing[phase] for phase in STEP_PHASES) <= timing['step']
+    plain = Trainer(test_config, tmp_path / 'plain')
+    for _ in range(3):
+        plain.train_step()
+    assert profiled.step == plain.step == 3
+    assert profiled.history['train'] == plain.history['train'], 'timing changes nothing the step computes'
 
 
 def test_resumed_run_equals_uninterrupted_run(test_config, tmp_path):

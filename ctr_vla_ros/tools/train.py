@@ -3,6 +3,7 @@ ctr_vla_ros/training/trainer.py), from random weights or from an official-format
 
     ctr-vla-train demos/*.hdf5 --output runs/goal3 --arch small --epochs 4 --batch-size 8
     ctr-vla-train --resume --output runs/goal3        # continue a killed run exactly where it was saved
+    ctr-vla-train demos/*.hdf5 --output /tmp/profile --arch small --threads 2 --profile 20   # time a step
 
 The output directory receives `checkpoint/` (the latest export, loadable by ctr-vla-predict and the policy node with
 `--unnorm-key libero_goal_no_noops`), `checkpoint-best/`, `loss_curve.png`, `history.json` and `training_state.pt`.
@@ -19,7 +20,7 @@ import sys
 import torch
 
 from ctr_vla_ros.training.architectures import PRESETS
-from ctr_vla_ros.training.trainer import STATE_FILE, Trainer, TrainingConfig
+from ctr_vla_ros.training.trainer import STATE_FILE, STEP_PHASES, Trainer, TrainingConfig
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +55,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--device', help='cpu (default) or cuda (untested)')
     parser.add_argument('--dtype', choices=('fp32', 'bf16'), help='fp32 (default) or bf16 autocast (untested)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s choice)')
+    parser.add_argument('--profile', type=int, metavar='STEPS',
+                        help='instead of training: time STEPS steps per phase (the output directory is scratch)')
     arguments = parser.parse_args(argv)
     if arguments.init_checkpoint and arguments.architecture in PRESETS:
         parser.error(f'--arch {arguments.architecture} with --init-checkpoint: the checkpoint brings its own '
@@ -90,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
           f'{len(trainer.validation_samples) if trainer.validation_samples else 0} validation samples; '
           f'{sum(parameter.numel() for parameter in trainer.model.parameters()) / 1e6:.2f} M parameters; '
           f'step {trainer.step} of {trainer.total_steps}')
+    if arguments.profile:
+        timing = trainer.profile(arguments.profile)
+        phases = ', '.join(f'{phase} {timing[phase] * 1000:.0f} ms' for phase in STEP_PHASES)
+        print(f'{timing["step"] * 1000:.0f} ms per step of {config.batch_size} ({phases}): '
+              f'{timing["samples_per_second"]:.1f} samples/s')
+        return 0
     trainer.run()
     print(f'exported {arguments.output / "checkpoint"} (unnorm key {config.unnorm_key}); '
           f'loss curve {arguments.output / "loss_curve.png"}')

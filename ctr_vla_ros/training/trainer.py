@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from ctr_vla_ros.training.dataset import (SampleSet, build_samples, dataset_stat
                                           split_episodes)
 
 STATE_FILE = 'training_state.pt'
+STEP_PHASES = ('inputs', 'forward', 'backward', 'optimizer')  # what `train_step` can time
 AUTOCAST_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
 
 
@@ -218,7 +220,10 @@ class Trainer:
 
     def loss(self, samples: SampleSet, indices: torch.Tensor, augment: bool) -> torch.Tensor:
         """Mean L1 between the predicted and the true normalised chunks."""
-        pixels, proprio, prompts, target = self.model_inputs(samples, indices, augment)
+        return self._loss(*self.model_inputs(samples, indices, augment))
+
+    def _loss(self, pixels: torch.Tensor, proprio: torch.Tensor, prompts: list[torch.Tensor],
+              target: torch.Tensor) -> torch.Tensor:
         autocast_dtype = AUTOCAST_DTYPES[self.config.dtype]
         device_type = torch.device(self.config.device).type
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -226,17 +231,40 @@ class Trainer:
                                                  self.tokens.stop_id)
         return F.l1_loss(predicted, target)
 
-    def train_step(self) -> float:
-        loss = self.loss(self.training_samples, self.batch_indices(self.step), augment=True)
+    def train_step(self, times: dict[str, float] | None = None) -> float:
+        """One optimizer step; `times`, if given, accumulates the seconds spent in each of STEP_PHASES."""
+        marks = [time.perf_counter()]
+        inputs = self.model_inputs(self.training_samples, self.batch_indices(self.step), augment=True)
+        marks.append(time.perf_counter())
+        loss = self._loss(*inputs)
+        marks.append(time.perf_counter())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        marks.append(time.perf_counter())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip)
         self.optimizer.step()
         self.scheduler.step()
+        marks.append(time.perf_counter())
+        if times is not None:
+            for phase, begin, end in zip(STEP_PHASES, marks, marks[1:]):
+                times[phase] = times.get(phase, 0.0) + end - begin
         self.step += 1
         value = loss.item()
         self.history['train'].append([self.step, value])
         return value
+
+    def profile(self, steps: int, warmup: int = 2) -> dict[str, float]:
+        """Seconds per step in each of STEP_PHASES, and samples per second, over `steps` steps after `warmup`
+        (the first steps allocate). Trains the model on the way: profile a run that is thrown away."""
+        for _ in range(warmup):
+            self.train_step()
+        times: dict[str, float] = {}
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.train_step(times)
+        elapsed = time.perf_counter() - started
+        return {**{phase: total / steps for phase, total in times.items()}, 'step': elapsed / steps,
+                'samples_per_second': steps * self.config.batch_size / elapsed}
 
     @torch.no_grad()
     def validate(self) -> float:
