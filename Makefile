@@ -76,7 +76,7 @@ demo: setup setup-sim
 # paired, EVAL_WORKERS processes; eval-ros: the same episodes over ROS, several times slower).
 TASKS ?= 1 4 7 8
 DEMOS ?= demos
-DEMO_SAMPLED ?= 10000 10059
+DEMO_SAMPLED ?= 10000 10079
 DEMO_PERTURBATION ?= --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003
 TRAINING_RUN ?= training_runs/libero_goal_small
 TRAIN_ARGS ?= --arch small --epochs 2.5 --batch-size 8 --threads 2

@@ -1,6 +1,6 @@
 """Record LIBERO-Goal demonstrations with the scripted expert, in LIBERO's HDF5 layout, or measure its success.
 
-    python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 0 39 --sampled-inits 10000 10059 \
+    python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 0 39 --sampled-inits 10000 10079 \
         --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003 --output demos/
     python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 40 49 --measure --action-noise 0.1
 
