@@ -10,10 +10,12 @@ import pytest
 import torch
 import yaml
 
+from ctr_vla_ros.ctr.config import CtrConfig
+from ctr_vla_ros.ctr.mask import PatchState
 from ctr_vla_ros.data.libero_hdf5 import DemoFileWriter, Demonstration
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.config import ActionLayout, LlmConfig, ModelArchitecture, VisionTowerConfig
-from ctr_vla_ros.model.openvla_oft import OpenVlaOft
+from ctr_vla_ros.model.openvla_oft import BatchReuse, OpenVlaOft
 from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS, unnormalize_actions
 from ctr_vla_ros.model.preprocess import center_crop
 from ctr_vla_ros.model.random_checkpoint import random_state_dict
@@ -21,6 +23,7 @@ from ctr_vla_ros.policy import VlaPolicy
 from ctr_vla_ros.tools.train import main
 from ctr_vla_ros.training.architectures import PRESETS
 from ctr_vla_ros.training.augment import augment_images, crop_and_resize
+from ctr_vla_ros.training.ctr_aware import earlier_indices
 from ctr_vla_ros.training.dataset import (action_chunks, dataset_statistics, episodes_from_files, make_episode,
                                           noop_steps, normalize_actions, split_episodes)
 from ctr_vla_ros.training.trainer import STEP_PHASES, Trainer, TrainingConfig
@@ -169,6 +172,12 @@ def test_augmentation_keeps_shape_and_dtype_and_is_reproducible():
     cropped = torch.floor(cropped * 255.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     served = np.stack([center_crop(image) for image in images.numpy()])
     assert np.abs(cropped.astype(int) - served).max() <= 1
+    # frames=2: one camera at two moments goes through one draw; consecutive pairs of identical images stay equal.
+    pairs = images.repeat_interleave(2, dim=0)
+    paired = augment_images(pairs, torch.Generator().manual_seed(5), frames=2)
+    assert all(torch.equal(paired[index], paired[index + 1]) for index in range(0, 6, 2))
+    assert not torch.equal(augment_images(pairs, torch.Generator().manual_seed(5))[0],
+                           augment_images(pairs, torch.Generator().manual_seed(5))[1])
 
 
 def test_a_few_steps_lower_the_loss_on_a_tiny_batch(test_config, tmp_path):
@@ -194,6 +203,57 @@ def test_a_profiled_step_is_a_training_step_with_its_phases_timed(test_config, t
         plain.train_step()
     assert profiled.step == plain.step == 3
     assert profiled.history['train'] == plain.history['train'], 'timing changes nothing the step computes'
+
+
+# Every patch static, 100 kept fresh by the previous query's attention: a partial mask on any input.
+LLM_REUSE = CtrConfig(top_k=100, difference_threshold=1.0, max_reuse_per_image=0, vision_reuse=False)
+
+
+@pytest.mark.parametrize('rule', [LLM_REUSE, LLM_REUSE.replace(llm_prune_layer=1, attention_layer=0)],
+                         ids=['cached', 'pruned'])
+def test_a_ctr_aware_pass_is_what_the_engine_serves_from_the_same_cache(tiny_checkpoint, libero_sequence, rule):
+    """The training pass with an earlier frame's keys and values at the reused tokens gives the actions the CTR
+    engine gives when its cache holds that frame (LLM reuse; vision recomputed, the engine's own mask)."""
+    policy = VlaPolicy(load_checkpoint(tiny_checkpoint), 'libero_spatial_no_noops', center_crop=False, ctr=rule)
+    model, tokens = policy.checkpoint.model, policy.checkpoint.tokens
+    queries = [([libero_sequence['agentview'][index], libero_sequence['wrist'][index]],
+                libero_sequence['proprio8'][index], libero_sequence['instruction']) for index in (0, 6)]
+    policy.predict(*queries[0])
+    served = policy.predict(*queries[1])
+    reused = torch.from_numpy(served.report.patch_states == PatchState.REUSED).flatten()[None]
+    assert served.report.keyframe_reason == '' and 0 < reused.float().mean() < 1
+    earlier, current = (policy.prepare(*query) for query in queries)
+    with torch.inference_mode():
+        cache = model.earlier_pass(earlier.pixel_values[None], earlier.normalized_proprio[None],
+                                   [earlier.prompt_ids], tokens.space_id, tokens.stop_id)
+        reuse = BatchReuse(cache, torch.zeros_like(reused), reused, rule.llm_reuse_start_layer, rule.llm_prune_layer)
+        trained = model.forward_batch(current.pixel_values[None], current.normalized_proprio[None],
+                                      [current.prompt_ids], tokens.space_id, tokens.stop_id, reuse=reuse)[0]
+        fresh = model.forward_batch(current.pixel_values[None], current.normalized_proprio[None],
+                                    [current.prompt_ids], tokens.space_id, tokens.stop_id)[0]
+    np.testing.assert_allclose(trained.numpy(), served.normalized_actions, rtol=0, atol=1e-5)
+    assert np.abs(fresh.numpy() - served.normalized_actions).max() > 1e-4, 'the cache must matter'
+
+
+def test_ctr_aware_batches_reuse_earlier_frames_of_the_same_episode(test_config, tmp_path):
+    config = dataclasses.replace(test_config, ctr_aware='fast', ctr_aware_share=1.0, ctr_aware_queries_back=2)
+    trainer = Trainer(config, tmp_path / 'run')
+    samples = trainer.training_samples
+    indices = trainer.batch_indices(0)
+    generator_state = trainer.augment_generator.get_state()
+    batch = trainer.model_inputs(samples, indices, augment=True)
+    assert batch.reuse_llm.shape == (len(indices), trainer.architecture.num_visual_tokens)
+    assert batch.reuse_llm.any() and torch.equal(batch.reuse_vision, batch.reuse_llm)  # fast: one unified mask
+    trainer.augment_generator.set_state(generator_state)
+    chunk = trainer.architecture.action.chunk_size
+    earlier = earlier_indices(indices, samples.episode_first, chunk, 2, trainer.augment_generator)
+    assert torch.all(earlier >= samples.episode_first[indices])
+    assert torch.all((earlier == samples.episode_first[indices]) | ((indices - earlier) % chunk == 0))
+    torch.testing.assert_close(batch.earlier_proprio, samples.proprio[earlier])
+    loss = trainer._loss(batch)
+    assert torch.isfinite(loss)
+    trainer.train_step()
+    assert math.isfinite(trainer.history['train'][-1][1])
 
 
 def test_resumed_run_equals_uninterrupted_run(test_config, tmp_path):
@@ -238,8 +298,9 @@ def test_export_loads_and_predicts_what_the_trained_model_predicts(test_config, 
     torch.testing.assert_close(query.normalized_proprio, trainer.validation_samples.proprio[0])
 
     trainer.model.eval()
-    pixels, proprio, prompts, _ = trainer.model_inputs(trainer.validation_samples, torch.tensor([0]), augment=False)
-    in_memory = trainer.model(pixels[0], proprio[0], prompts[0], trainer.tokens.space_id, trainer.tokens.stop_id)
+    batch = trainer.model_inputs(trainer.validation_samples, torch.tensor([0]), augment=False)
+    in_memory = trainer.model(batch.pixels[0], batch.proprio[0], batch.prompts[0], trainer.tokens.space_id,
+                              trainer.tokens.stop_id)
     prediction = policy.predict(*raw_inputs)
     np.testing.assert_allclose(prediction.normalized_actions, in_memory.double().numpy(), rtol=0, atol=1e-5)
     gripper_commands = GRIPPER_CONVENTIONS['open_is_one'](prediction.actions[:, 6])

@@ -48,6 +48,27 @@ class KeyValueCache:
 
 
 @dataclasses.dataclass
+class EarlierKeyValues:
+    """CTR-aware training, one layer of a batch: what the serving cache holds at the reused visual positions. There
+    the layer attends over the keys and values an earlier frame's pass computed (`key`, `value`), or, when `pruned`,
+    over nothing (the positions are masked out of every query's keys), as `ctr.llm_prune_layer` serves them."""
+
+    reused: torch.Tensor  # (batch, tokens) bool
+    key: torch.Tensor  # (batch, heads, tokens, head_dim), from the earlier pass (no gradient)
+    value: torch.Tensor
+    pruned: bool = False
+
+    def apply(self, key: torch.Tensor, value: torch.Tensor,
+              key_padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The keys, values and key mask this layer attends with."""
+        if self.pruned:
+            kept = ~self.reused
+            return key, value, kept if key_padding_mask is None else key_padding_mask & kept
+        reused = self.reused[:, None, :, None]
+        return torch.where(reused, self.key, key), torch.where(reused, self.value, value), key_padding_mask
+
+
+@dataclasses.dataclass
 class AttentionProbe:
     """Asks one layer for the mean attention of some query rows onto some key rows (averaged over heads and
     queries), with one small extra matmul instead of materialising the attention maps."""

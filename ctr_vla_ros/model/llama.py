@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ctr_vla_ros.model.attention import AttentionProbe, KeyValueCache, attend
+from ctr_vla_ros.model.attention import AttentionProbe, EarlierKeyValues, KeyValueCache, attend
 from ctr_vla_ros.model.config import LlmConfig
 
 
@@ -65,7 +65,9 @@ class LlamaAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
                 cache: KeyValueCache | None, rows: torch.Tensor | None,
-                probe: AttentionProbe | None, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                probe: AttentionProbe | None, key_padding_mask: torch.Tensor | None = None,
+                earlier: EarlierKeyValues | None = None,
+                recorded: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         batch, tokens, hidden_size = hidden.shape
         shape = (batch, tokens, self.num_heads, -1)
         query = self.q_proj(hidden).view(shape).transpose(1, 2)
@@ -73,6 +75,10 @@ class LlamaAttention(nn.Module):
         value = self.v_proj(hidden).view(shape).transpose(1, 2)
         cos, sin = rotary
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        if recorded is not None:
+            recorded.append((key.detach(), value.detach()))
+        if earlier is not None:
+            key, value, key_padding_mask = earlier.apply(key, value, key_padding_mask)
         if key_padding_mask is None:
             attended = attend(query, key, value, cache, rows, probe)
         else:
@@ -103,8 +109,11 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
                 cache: KeyValueCache | None = None, rows: torch.Tensor | None = None,
-                probe: AttentionProbe | None = None, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rotary, cache, rows, probe, key_padding_mask)
+                probe: AttentionProbe | None = None, key_padding_mask: torch.Tensor | None = None,
+                earlier: EarlierKeyValues | None = None,
+                recorded: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rotary, cache, rows, probe, key_padding_mask,
+                                         earlier, recorded)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -120,17 +129,21 @@ class LlamaModel(nn.Module):
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, layers: range | None = None,
                 caches: Sequence[KeyValueCache] | None = None, rows: torch.Tensor | None = None,
                 probe_layer: int | None = None, probe: AttentionProbe | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None,
+                earlier: Sequence[EarlierKeyValues | None] | None = None,
+                recorded: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Run `layers` (default: all) on `hidden` (batch, computed tokens, hidden) at absolute `positions`.
 
         rows: the computed tokens' sequence positions, for writing into `caches` (one per layer); None when every
         position is computed. key_padding_mask: (batch, tokens) bool, False at right-padding positions (training
-        batches; not with caches or a probe). Returns the hidden states of the computed tokens before the final norm
-        (the caller normalises only the rows it reads)."""
+        batches; not with caches or a probe). CTR-aware training: `earlier`, per layer, what the serving cache would
+        hold at reused positions; `recorded` receives every layer's keys and values. Returns the hidden states of the
+        computed tokens before the final norm (the caller normalises only the rows it reads)."""
         rotary = self.rotary_emb(positions, hidden.dtype)
         for index in layers if layers is not None else range(len(self.layers)):
             hidden = self.layers[index](hidden, rotary, caches[index] if caches is not None else None, rows,
-                                        probe if index == probe_layer else None, key_padding_mask)
+                                        probe if index == probe_layer else None, key_padding_mask,
+                                        earlier[index] if earlier is not None else None, recorded)
         return hidden
 
 

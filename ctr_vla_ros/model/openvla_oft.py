@@ -26,6 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ctr_vla_ros.model.attention import EarlierKeyValues
 from ctr_vla_ros.model.config import ModelArchitecture
 from ctr_vla_ros.model.heads import FusedGeluProjector, L1RegressionActionHead, ProprioProjector
 from ctr_vla_ros.model.llama import LanguageModel
@@ -56,6 +57,37 @@ class SequenceLayout:
         """The positions the action head reads: one left of each action slot."""
         start = self.num_visual_tokens + 1 + self.prompt_length
         return range(start, start + self.num_action_slots)
+
+
+@dataclasses.dataclass
+class EarlierPass:
+    """An earlier frame's full pass over a training batch (CTR-aware training): its visual tokens and every LLM
+    layer's keys and values, what the serving cache holds for a token computed then and reused since."""
+
+    visual: torch.Tensor  # (batch, V, hidden)
+    key_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (batch, heads, tokens, head_dim) each
+
+
+@dataclasses.dataclass
+class BatchReuse:
+    """Which visual tokens of each sample a CTR-aware training pass takes from `earlier`, the way serving reuses
+    them (`ctr.vision_reuse`, `ctr.llm_reuse`, `ctr.llm_reuse_start_layer`, `ctr.llm_prune_layer`). The vision side
+    substitutes the reused visual tokens (what the projector fed the LLM), not the towers' own cached states."""
+
+    earlier: EarlierPass
+    reuse_vision: torch.Tensor  # (batch, V) bool
+    reuse_llm: torch.Tensor  # (batch, V) bool
+    start_layer: int = 0
+    prune_layer: int = -1  # -1: never
+
+    def llm_layers(self, num_layers: int, length: int) -> list[EarlierKeyValues | None]:
+        """Per LLM layer, what it attends with at the reused positions of sequences `length` long."""
+        reused = F.pad(self.reuse_llm, (1, length - 1 - self.reuse_llm.shape[1]))  # BOS first, then the visual block
+        layers = []
+        for index, (key, value) in enumerate(self.earlier.key_values[:num_layers]):
+            pruned = 0 <= self.prune_layer <= index
+            layers.append(EarlierKeyValues(reused, key, value, pruned) if index >= self.start_layer else None)
+        return layers
 
 
 class OpenVlaOft(nn.Module):
@@ -129,22 +161,48 @@ class OpenVlaOft(nn.Module):
                                               space_token_id, stop_token_id)
 
     def forward_batch(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor,
-                      prompt_ids: Sequence[torch.Tensor], space_token_id: int, stop_token_id: int) -> torch.Tensor:
+                      prompt_ids: Sequence[torch.Tensor], space_token_id: int, stop_token_id: int,
+                      reuse: BatchReuse | None = None) -> torch.Tensor:
         """The full-recompute step on a batch, differentiable (the training forward pass). Inputs as in
         `batch_sequence_embeddings`; returns normalised actions (batch, chunk, action_dim), fp32. Each sample's
-        result is the one `forward` gives for it alone: padding is masked out of every attention."""
+        result is the one `forward` gives for it alone: padding is masked out of every attention. `reuse` (CTR-aware
+        training): reused visual tokens take what an earlier frame's pass left in the serving cache."""
         layouts = [self.layout(len(ids)) for ids in prompt_ids]
         embeddings = self.batch_sequence_embeddings(pixel_values, normalized_proprio, prompt_ids, space_token_id,
                                                     stop_token_id)
-        positions = torch.arange(embeddings.shape[1], device=embeddings.device)
-        lengths = torch.tensor([layout.length for layout in layouts], device=embeddings.device)
-        padded = bool((lengths < embeddings.shape[1]).any())
-        key_padding_mask = positions[None, :] < lengths[:, None] if padded else None
-        hidden = self.language_model.model(embeddings, positions, key_padding_mask=key_padding_mask)
+        earlier = None
+        if reuse is not None:
+            visual = slice(1, 1 + self.architecture.num_visual_tokens)
+            embeddings = torch.cat([embeddings[:, :1], torch.where(reuse.reuse_vision[..., None],
+                                                                   reuse.earlier.visual, embeddings[:, visual]),
+                                    embeddings[:, visual.stop:]], dim=1)
+            earlier = reuse.llm_layers(self.architecture.llm.num_layers, embeddings.shape[1])
+        hidden = self._batch_llm(embeddings, layouts, earlier=earlier)
         # The action head takes one sample's (slots, hidden) rows; it is tiny next to the LLM, so a loop costs little.
         return torch.stack([self.predict_actions(sample[layout.action_hidden_positions.start:
                                                         layout.action_hidden_positions.stop])
                             for sample, layout in zip(hidden, layouts)])
+
+    @torch.no_grad()
+    def earlier_pass(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor,
+                     prompt_ids: Sequence[torch.Tensor], space_token_id: int, stop_token_id: int) -> EarlierPass:
+        """The full pass of a batch of earlier frames, kept as the serving cache would keep it (no gradient)."""
+        embeddings = self.batch_sequence_embeddings(pixel_values, normalized_proprio, prompt_ids, space_token_id,
+                                                    stop_token_id)
+        recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._batch_llm(embeddings, [self.layout(len(ids)) for ids in prompt_ids], recorded=recorded)
+        return EarlierPass(embeddings[:, 1:1 + self.architecture.num_visual_tokens], recorded)
+
+    def _batch_llm(self, embeddings: torch.Tensor, layouts: Sequence[SequenceLayout],
+                   earlier: Sequence[EarlierKeyValues | None] | None = None,
+                   recorded: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """Every LLM layer over a right-padded batch, the padding masked out of every attention."""
+        positions = torch.arange(embeddings.shape[1], device=embeddings.device)
+        lengths = torch.tensor([layout.length for layout in layouts], device=embeddings.device)
+        padded = bool((lengths < embeddings.shape[1]).any())
+        key_padding_mask = positions[None, :] < lengths[:, None] if padded else None
+        return self.language_model.model(embeddings, positions, key_padding_mask=key_padding_mask, earlier=earlier,
+                                         recorded=recorded)
 
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor, normalized_proprio: torch.Tensor, prompt_ids: torch.Tensor,

@@ -54,6 +54,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--unnorm-key', help=f'statistics key of the export, default {defaults.unnorm_key}')
     parser.add_argument('--device', help='cpu (default) or cuda (untested)')
     parser.add_argument('--dtype', choices=('fp32', 'bf16'), help='fp32 (default) or bf16 autocast (untested)')
+    parser.add_argument('--ctr-aware', metavar='CONFIGURATION',
+                        help='CTR-aware fine-tuning for this CTR configuration (a preset, an evaluation configuration '
+                             'such as paper_pruned, or a parameter file)')
+    parser.add_argument('--ctr-aware-share', type=float,
+                        help=f'share of samples trained with reuse, default {defaults.ctr_aware_share}')
+    parser.add_argument('--ctr-aware-queries-back', type=int,
+                        help=f'the cached frame lies up to this many chunks back, default '
+                             f'{defaults.ctr_aware_queries_back}')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s choice)')
     parser.add_argument('--profile', type=int, metavar='STEPS',
                         help='instead of training: time STEPS steps per phase (the output directory is scratch)')

@@ -67,17 +67,23 @@ def _uniform(count: int, low: float, high: float, generator: torch.Generator) ->
     return low + (high - low) * torch.rand(count, generator=generator)
 
 
-def augment_images(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment_images(images: torch.Tensor, generator: torch.Generator, frames: int = 1) -> torch.Tensor:
     """(N, H, W, 3) uint8 model images (not centre-cropped) -> augmented (N, H, W, 3) uint8. All random draws come
-    from `generator`, so a run is reproducible from its state."""
+    from `generator`, so a run is reproducible from its state. `frames`: every run of that many consecutive images
+    shares one draw (one camera at several moments, seen through the same augmentation)."""
     count = images.shape[0]
+    draws = count // frames
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return _uniform(draws, low, high, generator).repeat_interleave(frames)
+
     side = math.sqrt(CROP_AREA_FRACTION)
-    top = _uniform(count, 0, 1 - side, generator)
-    left = _uniform(count, 0, 1 - side, generator)
-    brightness = _uniform(count, -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA, generator)
-    contrast = _uniform(count, *CONTRAST_RANGE, generator)
-    saturation = _uniform(count, *SATURATION_RANGE, generator)
-    hue = _uniform(count, -HUE_DELTA, HUE_DELTA, generator)
+    top = uniform(0, 1 - side)
+    left = uniform(0, 1 - side)
+    brightness = uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA)
+    contrast = uniform(*CONTRAST_RANGE)
+    saturation = uniform(*SATURATION_RANGE)
+    hue = uniform(-HUE_DELTA, HUE_DELTA)
 
     def per_image(values: torch.Tensor) -> torch.Tensor:
         return values.view(count, 1, 1, 1)

@@ -140,11 +140,13 @@ class SampleSet:
     instruction_index: torch.Tensor  # (N,) int64, index into `instructions`
     instructions: list[str]
     center_crop: bool  # the serving path's crop (validation), or none (training, where the augmentation crops)
+    episode_first: torch.Tensor | None = None  # (N,) int64: the index of each sample's episode's first sample
 
     def __len__(self) -> int:
         return len(self.actions)
 
     def subset(self, indices: torch.Tensor) -> SampleSet:
+        """These samples, without their episodes (a subset keeps no `episode_first`)."""
         return SampleSet(self.images[indices.numpy()], self.proprio[indices], self.actions[indices],
                          self.instruction_index[indices], self.instructions, self.center_crop)
 
@@ -165,7 +167,10 @@ def build_samples(episodes: Sequence[Episode], statistics: dict[str, Any], instr
                for episode in episodes]
     instruction_index = [np.full(len(episode.actions), instructions.index(episode.instruction))
                          for episode in episodes]
+    lengths = np.array([len(episode.actions) for episode in episodes])
+    firsts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return SampleSet(np.concatenate([episode.images for episode in episodes]),
                      torch.from_numpy(np.concatenate(proprio)).float(),
                      torch.from_numpy(np.concatenate(actions)).float(),
-                     torch.from_numpy(np.concatenate(instruction_index)).long(), list(instructions), center_crop)
+                     torch.from_numpy(np.concatenate(instruction_index)).long(), list(instructions), center_crop,
+                     torch.from_numpy(firsts).long())

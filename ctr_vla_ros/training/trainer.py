@@ -44,11 +44,12 @@ from tqdm import tqdm
 from ctr_vla_ros.model.checkpoint import TOKENIZER_FILE, load_checkpoint, load_tokens
 from ctr_vla_ros.model.checkpoint_writer import build_tokenizer, save_checkpoint, vocab_size_for
 from ctr_vla_ros.model.config import ModelArchitecture
-from ctr_vla_ros.model.openvla_oft import OpenVlaOft
+from ctr_vla_ros.model.openvla_oft import BatchReuse, OpenVlaOft
 from ctr_vla_ros.model.preprocess import pixel_values
 from ctr_vla_ros.model.random_checkpoint import random_state_dict
 from ctr_vla_ros.training.architectures import DEFAULT_PRESET, resolve_architecture
 from ctr_vla_ros.training.augment import augment_images
+from ctr_vla_ros.training.ctr_aware import CtrAwareTraining, earlier_indices, reuse_masks
 from ctr_vla_ros.training.dataset import (SampleSet, build_samples, dataset_statistics, episodes_from_files,
                                           split_episodes)
 
@@ -78,6 +79,12 @@ class TrainingConfig:
     unnorm_key: str = 'libero_goal_no_noops'
     device: str = 'cpu'
     dtype: str = 'fp32'  # 'bf16': autocast (weights and optimizer fp32)
+    # CTR-aware fine-tuning (see ctr_aware.py): the CTR configuration to train for (a preset, an evaluation
+    # configuration or a parameter file; '' = none), the share of samples trained with reuse, how far back the
+    # cached frame can lie (in action chunks).
+    ctr_aware: str = ''
+    ctr_aware_share: float = 0.5
+    ctr_aware_queries_back: int = 4
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -94,6 +101,20 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, final_f
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclasses.dataclass
+class Batch:
+    """One batch, model-ready; with CTR-aware training also the samples' earlier frames and what they reuse."""
+
+    pixels: torch.Tensor  # (batch, images, 6, 224, 224)
+    proprio: torch.Tensor  # (batch, proprio_dim)
+    prompts: list[torch.Tensor]
+    target: torch.Tensor  # (batch, chunk, action_dim)
+    earlier_pixels: torch.Tensor | None = None
+    earlier_proprio: torch.Tensor | None = None
+    reuse_vision: torch.Tensor | None = None  # (batch, visual tokens) bool
+    reuse_llm: torch.Tensor | None = None
+
+
 class Trainer:
     """Prepares data, model and optimizer for `config` in `output`; `resume` continues from the saved state."""
 
@@ -108,6 +129,11 @@ class Trainer:
             raise ValueError('the data files hold no demonstrations')
         training, validation = split_episodes(episodes, config.validation_fraction, config.seed)
         self.statistics = dataset_statistics(training)
+        self.ctr_aware = None
+        if config.ctr_aware:
+            from ctr_vla_ros.evaluation.configurations import ctr_config  # the evaluation's names for configurations
+            self.ctr_aware = CtrAwareTraining(ctr_config(config.ctr_aware), config.ctr_aware_share,
+                                              config.ctr_aware_queries_back)
         self.instructions = sorted({episode.instruction for episode in episodes})
         self.model, self.tokenizer = self._build_model(state is not None)
         self.architecture: ModelArchitecture = self.model.architecture
@@ -153,7 +179,8 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f'{path}: no training state to resume from')
         state = torch.load(path, map_location='cpu', weights_only=True)
-        saved = state['config']
+        defaults = dataclasses.asdict(TrainingConfig(data_files=(), steps=1))
+        saved = {**defaults, **state['config']}  # a setting added since the run started has its default
         differences = {key: (saved[key], value) for key, value in dataclasses.asdict(config).items()
                        if saved[key] != value}
         if differences:
@@ -206,37 +233,59 @@ class Trainer:
         batch = self.config.batch_size
         return torch.from_numpy(order[position * batch:(position + 1) * batch])
 
-    def model_inputs(self, samples: SampleSet, indices: torch.Tensor, augment: bool
-                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Pixel values (batch, images, 6, 224, 224), normalised proprio, prompt ids and target chunks."""
+    def model_inputs(self, samples: SampleSet, indices: torch.Tensor, augment: bool) -> Batch:
+        """The batch of these samples; augmented for training, and with CTR-aware training their earlier frames
+        (through the same augmentation as the sample: one camera at two moments) and the tokens reused from them."""
         device = self.config.device
-        images = samples.model_images(indices)
-        flat = images.flatten(0, 1)
+        images = samples.model_images(indices)  # (batch, images, 224, 224, 3) uint8
+        earlier = None
+        if augment and self.ctr_aware is not None:
+            earlier = earlier_indices(indices, samples.episode_first, self.architecture.action.chunk_size,
+                                      self.ctr_aware.queries_back, self.augment_generator)
+            images = torch.stack([images, samples.model_images(earlier)], dim=2)  # (batch, images, 2, ...)
         if augment:
-            flat = augment_images(flat, self.augment_generator)
-        pixels = pixel_values(list(flat.numpy()), torch.float32, device).unflatten(0, images.shape[:2])
+            flat = augment_images(images.flatten(0, -4), self.augment_generator,
+                                  frames=2 if earlier is not None else 1)
+            images = flat.unflatten(0, images.shape[:-3])
+
+        def pixels(model_images: torch.Tensor) -> torch.Tensor:
+            return pixel_values(list(model_images.flatten(0, 1).numpy()), torch.float32,
+                                device).unflatten(0, model_images.shape[:2])
+
         prompts = [self.prompt_ids[index] for index in samples.instruction_index[indices].tolist()]
-        return pixels, samples.proprio[indices].to(device), prompts, samples.actions[indices].to(device)
+        proprio, target = samples.proprio[indices].to(device), samples.actions[indices].to(device)
+        if earlier is None:
+            return Batch(pixels(images), proprio, prompts, target)
+        current, previous = images[:, :, 0], images[:, :, 1]
+        reuse_vision, reuse_llm = reuse_masks(current, previous, self.ctr_aware, self.augment_generator)
+        return Batch(pixels(current), proprio, prompts, target, pixels(previous), samples.proprio[earlier].to(device),
+                     reuse_vision.to(device), reuse_llm.to(device))
 
     def loss(self, samples: SampleSet, indices: torch.Tensor, augment: bool) -> torch.Tensor:
         """Mean L1 between the predicted and the true normalised chunks."""
-        return self._loss(*self.model_inputs(samples, indices, augment))
+        return self._loss(self.model_inputs(samples, indices, augment))
 
-    def _loss(self, pixels: torch.Tensor, proprio: torch.Tensor, prompts: list[torch.Tensor],
-              target: torch.Tensor) -> torch.Tensor:
+    def _loss(self, batch: Batch) -> torch.Tensor:
         autocast_dtype = AUTOCAST_DTYPES[self.config.dtype]
         device_type = torch.device(self.config.device).type
+        space, stop = self.tokens.space_id, self.tokens.stop_id
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            predicted = self.model.forward_batch(pixels, proprio, prompts, self.tokens.space_id,
-                                                 self.tokens.stop_id)
-        return F.l1_loss(predicted, target)
+            reuse = None
+            if batch.earlier_pixels is not None:
+                rule = self.ctr_aware.config
+                earlier = self.model.earlier_pass(batch.earlier_pixels, batch.earlier_proprio, batch.prompts, space,
+                                                  stop)
+                reuse = BatchReuse(earlier, batch.reuse_vision, batch.reuse_llm, rule.llm_reuse_start_layer,
+                                   rule.llm_prune_layer)
+            predicted = self.model.forward_batch(batch.pixels, batch.proprio, batch.prompts, space, stop, reuse=reuse)
+        return F.l1_loss(predicted, batch.target)
 
     def train_step(self, times: dict[str, float] | None = None) -> float:
         """One optimizer step; `times`, if given, accumulates the seconds spent in each of STEP_PHASES."""
         marks = [time.perf_counter()]
-        inputs = self.model_inputs(self.training_samples, self.batch_indices(self.step), augment=True)
+        batch = self.model_inputs(self.training_samples, self.batch_indices(self.step), augment=True)
         marks.append(time.perf_counter())
-        loss = self._loss(*inputs)
+        loss = self._loss(batch)
         marks.append(time.perf_counter())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,7 +339,8 @@ class Trainer:
                         self.step, {'ctr_vla_training': {
                             'step': self.step, 'validation_l1': last_validation,
                             'data_files': list(self.config.data_files),
-                            'init_checkpoint': self.config.init_checkpoint}},
+                            'init_checkpoint': self.config.init_checkpoint,
+                            'ctr_aware': self.config.ctr_aware or None}},
                         shard_bytes=1 << 30)
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(temporary, directory)
