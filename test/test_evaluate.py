@@ -11,7 +11,7 @@ import pytest
 
 from ctr_vla_ros.evaluation.configurations import CONFIGS, ctr_config
 from ctr_vla_ros.evaluation.starts import Start, check_training_starts, starts
-from ctr_vla_ros.evaluation.statistics import mcnemar_exact, summarize, wilson_interval
+from ctr_vla_ros.evaluation.statistics import keeps_success, mcnemar_exact, summarize, wilson_interval
 
 
 def test_wilson_interval():
@@ -47,6 +47,17 @@ def test_summary_pairs_every_episode_with_the_same_episode_with_ctr_off():
     assert summary['flops_reduction'] == pytest.approx(0.5) and summary['speedup_vs_off'] == pytest.approx(2.0)
     assert summary['vision_reuse'] == pytest.approx([(0.5 * 3 + 0.2) / 4, (0.25 * 3 + 0.1) / 4])
     assert summarize(off, None)['flops_reduction'] == pytest.approx(1 - 40 / 40)
+
+
+def test_kept_success_is_at_most_three_points_fewer_and_mcnemar_p_at_least_0_2():
+    def summary(off_only, config_only, paired=100):
+        return {'paired_episodes': paired, 'discordant': {'off_only': off_only, 'config_only': config_only},
+                'mcnemar_p': mcnemar_exact(off_only, config_only)}
+
+    assert keeps_success(summary(0, 0)) and keeps_success(summary(3, 0))  # p = 0.25
+    assert not keeps_success(summary(4, 0))  # 4 points fewer (p = 0.125)
+    assert keeps_success(summary(8, 5)) and not keeps_success(summary(8, 1))  # p = 0.58; p = 0.04
+    assert not keeps_success(summary(3, 0, paired=50)) and not keeps_success({'paired_episodes': 0})
 
 
 def test_starts_and_their_reserved_ranges():

@@ -141,6 +141,29 @@ def test_sweep_writes_the_plot_and_the_recommended_parameter_file(converted, tin
     assert loaded == CtrConfig.from_dict(points[best]['config'])
 
 
+def test_sweep_checks_its_best_settings_in_closed_loop(converted, tiny_checkpoint, tmp_path):
+    pytest.importorskip('libero', reason='the LIBERO simulation extra is not installed (make setup-sim)')
+    output = tmp_path / 'sweep'
+    code = sweep.main([str(converted), '--checkpoint', str(tiny_checkpoint), '--unnorm-key', UNNORM_KEY,
+                       '--output', str(output), '--limit', '4', '--max-deviation', '1.0', '--thresholds', '0.004',
+                       '--cosine-thresholds', '--top-k', '32', '--caps', '0', '--keyframe-intervals', '5',
+                       '--prune-layers', '-1', '1', '--closed-loop', '1', '--eval-tasks', '0',
+                       '--eval-init-states', '40', '40', '--eval-max-steps', '12', '--workers', '1'])
+    result = json.loads((output / 'sweep.json').read_text())
+    points = result['settings']
+    assert 'gray0.004_k32_cap0_kf5_prune1' in points and 'gray0.004_k32_cap0_kf5' in points
+    assert points['gray0.004_k32_cap0_kf5_prune1']['config']['attention_layer'] == 0
+    best = max(points, key=lambda name: points[name]['flops_reduction'])
+    # The random-weight policy fails every episode with or without reuse: success is kept, so the best is chosen.
+    assert code == 0 and set(result['closed_loop']) == {'off', 'paper', best} and result['recommended'] == best
+    assert result['closed_loop'][best]['paired_episodes'] == 1
+    evaluation = json.loads((output / 'closed_loop' / 'eval.json').read_text())
+    assert {episode['start'] for episode in evaluation['episodes']} == {'fixed-40'}
+    text = (output / 'recommended_ctr.yaml').read_text()
+    assert 'closed loop 0/1 against off 0/1' in text
+    assert CtrConfig.from_yaml(output / 'recommended_ctr.yaml') == CtrConfig.from_dict(points[best]['config'])
+
+
 def test_predicted_path_follows_the_clamped_deltas():
     limits = DeltaLimits((0.01, 0.01, 0.01, 0.1, 0.1, 0.1, 1.0))
     state = np.array([0.1, -0.2, 1.0, 0.0, 0.0, np.pi / 2, 0.04, -0.04])

@@ -76,6 +76,20 @@ def summarize(episodes: list[dict[str, Any]], baseline: list[dict[str, Any]] | N
     return summary
 
 
+KEPT_SUCCESS_MAX_DROP = 0.03  # success at most this far below `off` (a fraction of the paired episodes)
+KEPT_SUCCESS_MIN_P = 0.2  # and McNemar's p against `off` at least this
+
+
+def keeps_success(summary: dict[str, Any]) -> bool:
+    """Whether a configuration's success is indistinguishable from `off` on their paired episodes: at most
+    KEPT_SUCCESS_MAX_DROP fewer successes and McNemar p >= KEPT_SUCCESS_MIN_P (the reuse-rule goal's test)."""
+    if not summary.get('paired_episodes'):
+        return False
+    discordant = summary['discordant']
+    drop = (discordant['off_only'] - discordant['config_only']) / summary['paired_episodes']
+    return drop <= KEPT_SUCCESS_MAX_DROP and summary['mcnemar_p'] >= KEPT_SUCCESS_MIN_P
+
+
 def markdown_table(configurations: dict[str, dict[str, Any]]) -> list[str]:
     """Per configuration: success with its CI and per task, the paired comparison with `off`, and the cost."""
     tasks = sorted({task for summary in configurations.values() for task in summary['per_task']}, key=int)

@@ -8,8 +8,12 @@ policy node loads unchanged.
 The recommendation is the setting that saves the most FLOPs with a mean action deviation (normalised units, over
 all queries) within --max-deviation; by default, within the deviation of the `paper` preset (the paper's method) on
 the same recording. FLOPs are counted, so they do not depend on the machine; deviation is what
-each setting changes in the actions, not whether the task still succeeds: check the best few in closed loop
-(`make eval` takes the YAML files with --configs) before relying on them.
+each setting changes in the actions, not whether the task still succeeds. Where a simulation of the task exists,
+`--closed-loop N` checks the N acceptable settings that save the most with the evaluation runner (paired with `off`
+and `paper` on the same episodes), and the recommendation becomes the one that saves the most among those whose
+success is indistinguishable from `off` (`evaluation.statistics.keeps_success`):
+
+    ctr-vla-sweep run.mcap --output sweep/ --closed-loop 3 --eval-tasks 1 8 --eval-init-states 40 49
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
+from ctr_vla_ros.evaluation import runner
+from ctr_vla_ros.evaluation.statistics import keeps_success
 from ctr_vla_ros.recording.replay import open_recording, replay
 from ctr_vla_ros.tools.replay import add_recording_arguments, load_policy_checkpoint, make_policy, queries
 
@@ -33,12 +39,15 @@ def grid(base: CtrConfig, args: argparse.Namespace) -> dict[str, CtrConfig]:
     thresholds = ([('gray_difference', value) for value in args.thresholds]
                   + [('rgb_cosine', value) for value in args.cosine_thresholds])
     settings = {}
-    for (metric, threshold), top_k, cap, interval in itertools.product(thresholds, args.top_k, args.caps,
-                                                                       args.keyframe_intervals):
+    for (metric, threshold), top_k, cap, interval, prune in itertools.product(
+            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers):
         threshold_field = 'difference_threshold' if metric == 'gray_difference' else 'cosine_threshold'
         name = f"{'gray' if metric == 'gray_difference' else 'cos'}{threshold:g}_k{top_k}_cap{cap}_kf{interval}"
-        settings[name] = base.replace(enabled=True, static_metric=metric, top_k=top_k, max_reuse_per_image=cap,
-                                      keyframe_interval=interval, **{threshold_field: threshold})
+        # A pruned setting's task relevance is read at layer 0, which every token reaches.
+        pruning = {'llm_prune_layer': prune, 'attention_layer': 0} if prune >= 0 else {}
+        settings[name + (f'_prune{prune}' if prune >= 0 else '')] = base.replace(
+            enabled=True, static_metric=metric, top_k=top_k, max_reuse_per_image=cap, keyframe_interval=interval,
+            **{threshold_field: threshold}, **pruning)
     return settings
 
 
@@ -99,7 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--top-k', type=int, nargs='+', default=[32, 160])
     parser.add_argument('--caps', type=int, nargs='+', default=[120, 0], help='max_reuse_per_image values')
     parser.add_argument('--keyframe-intervals', type=int, nargs='+', default=[5, 10])
+    parser.add_argument('--prune-layers', type=int, nargs='+', default=[-1],
+                        help='llm_prune_layer values (-1: none; else 1 .. LLM layers - 1)')
+    closed_loop = parser.add_argument_group('closed loop', 'check the best settings in a LIBERO simulation')
+    closed_loop.add_argument('--closed-loop', type=int, default=0, metavar='N',
+                             help='evaluate the N acceptable settings that save the most FLOPs (0: none)')
+    closed_loop.add_argument('--eval-suite', default='libero_goal')
+    closed_loop.add_argument('--eval-tasks', type=int, nargs='+')
+    closed_loop.add_argument('--eval-init-states', type=int, nargs=2, metavar=('FIRST', 'LAST'))
+    closed_loop.add_argument('--eval-sampled-inits', type=int, nargs=2, metavar=('FIRST', 'LAST'))
+    closed_loop.add_argument('--eval-max-steps', type=int, default=300)
+    closed_loop.add_argument('--workers', type=int, default=2, help='evaluation worker processes')
     args = parser.parse_args(argv)
+    if args.closed_loop and not (args.eval_tasks and (args.eval_init_states or args.eval_sampled_inits)):
+        parser.error('--closed-loop needs --eval-tasks and --eval-init-states or --eval-sampled-inits')
 
     recording = open_recording(args.recording)
     checkpoint, unnorm_key = load_policy_checkpoint(recording, args)
@@ -143,15 +165,64 @@ def main(argv: list[str] | None = None) -> int:
     if recommended is None:
         print(f'no setting keeps the mean deviation within {max_deviation:g}: no recommendation written')
         return 1
+    basis = f'{points[recommended]["flops_reduction"] * 100:.1f}% FLOPs saved, mean action deviation ' \
+            f'{points[recommended]["deviation_mean"]:.4f} on {title}'
+    if args.closed_loop:
+        candidates = sorted(acceptable, key=lambda name: points[name]['flops_reduction'],
+                            reverse=True)[:args.closed_loop]
+        checkpoint_path = Path(args.checkpoint or recording.policy_settings['checkpoint']).expanduser()
+        summaries = check_in_closed_loop(args, checkpoint_path, unnorm_key,
+                                         {name: settings[name] for name in candidates})
+        kept = [name for name in candidates if keeps_success(summaries[name])]
+        for name in candidates:
+            summary = summaries[name]
+            print(f'closed loop {name}: {summary["successes"]}/{summary["episodes"]} (off '
+                  f'{summaries["off"]["successes"]}/{summaries["off"]["episodes"]}), McNemar p '
+                  f'{summary["mcnemar_p"]:.3g}{", success kept" if name in kept else ""}')
+        if not kept:
+            print('no checked setting keeps the success of full recompute: no recommendation written')
+            return 1
+        recommended = kept[0]
+        summary = summaries[recommended]
+        basis += (f'; closed loop {summary["successes"]}/{summary["episodes"]} against off '
+                  f'{summaries["off"]["successes"]}/{summaries["off"]["episodes"]}, McNemar p '
+                  f'{summary["mcnemar_p"]:.3g}')
+        result = json.loads((args.output / 'sweep.json').read_text())
+        result.update({'closed_loop': {name: summaries[name] for name in ['off', 'paper', *candidates]},
+                       'recommended': recommended})
+        (args.output / 'sweep.json').write_text(json.dumps(result, indent=1))
     point = points[recommended]
     yaml_path = args.output / 'recommended_ctr.yaml'
     yaml_path.write_text(settings[recommended].to_parameters_yaml(comment=(
-        f'ctr-vla-sweep: {recommended}, {point["flops_reduction"] * 100:.1f}% FLOPs saved, mean action deviation '
-        f'{point["deviation_mean"]:.4f} on {title}.\nLoad it after the other parameter files: '
+        f'ctr-vla-sweep: {recommended}, {basis}.\nLoad it after the other parameter files: '
         f'--params-file {yaml_path.name}, or ros2 launch ctr_vla_ros bringup.launch.py ctr_params:=<this file>')))
     print(f'recommended: {recommended} ({point["flops_reduction"] * 100:.1f}% FLOPs saved, deviation '
           f'{point["deviation_mean"]:.4f}) -> {yaml_path}')
     return 0
+
+
+def check_in_closed_loop(args: argparse.Namespace, checkpoint: Path, unnorm_key: str,
+                         candidates: dict[str, CtrConfig]) -> dict[str, dict[str, Any]]:
+    """The candidates in the evaluation runner, paired with `off` and `paper`: their summaries by name."""
+    directory = args.output / 'closed_loop'
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, config in candidates.items():
+        paths[name] = directory / f'{name}.yaml'
+        paths[name].write_text(config.to_parameters_yaml())
+    output = directory / 'eval.json'
+    command = ['--checkpoint', str(checkpoint), '--unnorm-key', unnorm_key, '--suite', args.eval_suite,
+               '--tasks', *map(str, args.eval_tasks), '--max-steps', str(args.eval_max_steps),
+               '--workers', str(args.workers), '--output', str(output),
+               '--configs', 'off', 'paper', *map(str, paths.values())]
+    if args.eval_init_states:
+        command += ['--init-states', *map(str, args.eval_init_states)]
+    if args.eval_sampled_inits:
+        command += ['--sampled-inits', *map(str, args.eval_sampled_inits)]
+    runner.main(command)
+    summaries = json.loads(output.read_text())['configurations']
+    return {'off': summaries['off'], 'paper': summaries['paper'],
+            **{name: summaries[str(path)] for name, path in paths.items()}}
 
 
 if __name__ == '__main__':
