@@ -82,7 +82,9 @@ class BatchReuse:
 
     def llm_layers(self, num_layers: int, length: int) -> list[EarlierKeyValues | None]:
         """Per LLM layer, what it attends with at the reused positions of sequences `length` long."""
-        reused = F.pad(self.reuse_llm, (1, length - 1 - self.reuse_llm.shape[1]))  # BOS first, then the visual block
+        batch, visual = self.reuse_llm.shape
+        reused = torch.cat([self.reuse_llm.new_zeros(batch, 1), self.reuse_llm,  # BOS, the visual block, the rest
+                            self.reuse_llm.new_zeros(batch, length - 1 - visual)], dim=1)
         layers = []
         for index, (key, value) in enumerate(self.earlier.key_values[:num_layers]):
             pruned = 0 <= self.prune_layer <= index
