@@ -416,12 +416,13 @@ class CtrEngine:
                 probe.query_rows = prompt_positions - visual_tokens + len(visual_rows)
             hidden = llm(hidden, rows, layers=range(start, prune), caches=buffers.caches, rows=rows,
                          probe_layer=probe_layer, probe=probe)
-            # No cache from `prune` on: the computed rows attend among themselves. A padding row (see static_shapes)
-            # repeats the first visual row; here it would count twice as a key, so it is masked out.
-            visual_keys = (torch.arange(len(visual_rows), device=device) == 0) | (visual_rows != visual_rows[:1])
-            keys = torch.cat([torch.ones(1, dtype=torch.bool, device=device), visual_keys,
-                              torch.ones(length - visual_tokens - 1, dtype=torch.bool, device=device)])
-            hidden = llm(hidden, rows, layers=range(prune, num_layers), key_padding_mask=keys[None])
+            if prune < num_layers:
+                # No cache from `prune` on: the computed rows attend among themselves. A padding row (see
+                # static_shapes) repeats the first visual row; here it would count twice as a key: masked out.
+                visual_keys = (torch.arange(len(visual_rows), device=device) == 0) | (visual_rows != visual_rows[:1])
+                keys = torch.cat([torch.ones(1, dtype=torch.bool, device=device), visual_keys,
+                                  torch.ones(length - visual_tokens - 1, dtype=torch.bool, device=device)])
+                hidden = llm(hidden, rows, layers=range(prune, num_layers), key_padding_mask=keys[None])
             head_started = clock.mark() if clock else None
             normalized = model.predict_actions(hidden[0, -(slots + 2):-2])
             scores = probe.scores if probe.scores is not None else torch.zeros(visual_tokens, device=device)
