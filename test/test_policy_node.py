@@ -47,8 +47,10 @@ def start(tiny_checkpoint, libero_sequence, ros_domain):
         return node, driver, feed, outputs
 
     yield start_node
-    for node, driver in started:
+    # Every node process first: no driver is destroyed while a node still publishes to its subscriptions.
+    for node, _ in started:
         node.kill()
+    for _, driver in started:
         driver.close()
 
 

@@ -57,9 +57,18 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> NoRetur
 
 class BackgroundNode:
     """A node of a tool or test process in its own context, spun on a background thread while the process does its
-    work, and torn down safely: `close` stops the spin loop and joins its thread before the node and the context are
-    destroyed. (Destroying them while another thread is inside the executor's wait crashes rclpy when that wait
-    returns, ros2/rclpy#968.)"""
+    work, and torn down safely: `close` (from the owner's thread, never from a callback) stops the spin loop and
+    joins its thread before the node and the context are destroyed.
+
+    rclpy crashes when a node is destroyed while a thread is inside an executor's wait: its own executor's
+    (ros2/rclpy#968), and, seen in this project's tests, another context's: a test with two drivers segfaulted in
+    the first one's `destroy_node` while the second one's thread waited. So every spin step of every BackgroundNode in
+    the process counts itself in, and a teardown waits until no step is inside a wait (at most one spin period) and
+    holds new ones back until it is done."""
+
+    _steps = threading.Condition()  # guards the two counts below, for every BackgroundNode of the process
+    _spinning = 0  # spin steps inside an executor now
+    _tearing_down = 0  # teardowns waiting for them or running
 
     def __init__(self, name: str) -> None:
         self.context = rclpy.Context()
@@ -73,15 +82,33 @@ class BackgroundNode:
         self._thread.start()
 
     def _spin(self) -> None:
+        steps = BackgroundNode._steps
         try:
             while not self._stop.is_set():
-                self.executor.spin_once(timeout_sec=SIGNAL_CHECK_PERIOD)
+                with steps:
+                    steps.wait_for(lambda: BackgroundNode._tearing_down == 0)
+                    BackgroundNode._spinning += 1
+                try:
+                    self.executor.spin_once(timeout_sec=SIGNAL_CHECK_PERIOD)
+                finally:
+                    with steps:
+                        BackgroundNode._spinning -= 1
+                        steps.notify_all()
         except ExternalShutdownException:
             pass
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        steps = BackgroundNode._steps
+        with steps:
+            BackgroundNode._tearing_down += 1
+            steps.wait_for(lambda: BackgroundNode._spinning == 0)
+        try:
+            self.executor.shutdown()
+            self.node.destroy_node()
+            rclpy.shutdown(context=self.context)
+        finally:
+            with steps:
+                BackgroundNode._tearing_down -= 1
+                steps.notify_all()
