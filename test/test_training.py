@@ -236,14 +236,17 @@ def test_a_ctr_aware_pass_is_what_the_engine_serves_from_the_same_cache(tiny_che
 
 
 def test_ctr_aware_batches_reuse_earlier_frames_of_the_same_episode(test_config, tmp_path):
-    config = dataclasses.replace(test_config, ctr_aware='fast', ctr_aware_share=1.0, ctr_aware_queries_back=2)
+    rule = tmp_path / 'every_patch_static.yaml'  # the test's frames are random: only threshold 1 finds static patches
+    rule.write_text(CtrConfig(difference_threshold=1.0, top_k=32, max_reuse_per_image=0).to_parameters_yaml())
+    config = dataclasses.replace(test_config, ctr_aware=str(rule), ctr_aware_share=1.0, ctr_aware_queries_back=2)
     trainer = Trainer(config, tmp_path / 'run')
     samples = trainer.training_samples
     indices = trainer.batch_indices(0)
     generator_state = trainer.augment_generator.get_state()
     batch = trainer.model_inputs(samples, indices, augment=True)
     assert batch.reuse_llm.shape == (len(indices), trainer.architecture.num_visual_tokens)
-    assert batch.reuse_llm.any() and torch.equal(batch.reuse_vision, batch.reuse_llm)  # fast: one unified mask
+    assert batch.reuse_llm.any() and torch.equal(batch.reuse_vision, batch.reuse_llm)  # one unified mask
+    assert batch.reuse_llm.sum(dim=1).tolist() == [trainer.architecture.num_visual_tokens - 32] * len(indices)
     trainer.augment_generator.set_state(generator_state)
     chunk = trainer.architecture.action.chunk_size
     earlier = earlier_indices(indices, samples.episode_first, chunk, 2, trainer.augment_generator)
