@@ -14,6 +14,7 @@ from ctr_vla_ros.ctr.config import CtrConfig
 from ctr_vla_ros.ctr.mask import PatchState
 from ctr_vla_ros.data.libero_hdf5 import DemoFileWriter, Demonstration
 from ctr_vla_ros.model.checkpoint import load_checkpoint
+from ctr_vla_ros.model.flops import count_step_flops
 from ctr_vla_ros.model.config import ActionLayout, LlmConfig, ModelArchitecture, VisionTowerConfig
 from ctr_vla_ros.model.openvla_oft import BatchReuse, OpenVlaOft
 from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS, unnormalize_actions
@@ -326,15 +327,19 @@ def test_command_line_trains_exports_and_refuses_a_changed_resume(libero_files, 
     assert 'brings its own architecture' in capsys.readouterr().err
 
 
-def test_small_preset_keeps_the_release_structure_and_exports_under_50_mb():
-    small = PRESETS['small']
-    assert [(tower.kind, tower.num_registers) for tower in small.vision_towers] == [('dinov2', 4), ('siglip', 0)]
-    assert small.llm.vocab_size == 32064 and small.patches_per_image == 256
-    assert small.action == ActionLayout(num_images=2, chunk_size=8, action_dim=7, proprio_dim=8)
+@pytest.mark.parametrize('name', ['small', 'small_llm4'])
+def test_presets_keep_the_release_structure_and_export_under_50_mb(name):
+    preset = PRESETS[name]
+    assert [(tower.kind, tower.num_registers) for tower in preset.vision_towers] == [('dinov2', 4), ('siglip', 0)]
+    assert preset.llm.vocab_size == 32064 and preset.patches_per_image == 256
+    assert preset.action == ActionLayout(num_images=2, chunk_size=8, action_dim=7, proprio_dim=8)
     with torch.device('meta'):
-        model = OpenVlaOft(small)
+        model = OpenVlaOft(preset)
     fp32_bytes = 4 * sum(parameter.numel() for parameter in model.parameters())
     assert fp32_bytes < 50e6
+    if name == 'small_llm4':  # most of a query's FLOPs in an LLM of at least 4 layers, as in the release
+        flops = count_step_flops(preset, prompt_length=20)
+        assert preset.llm.num_layers >= 4 and flops.llm / flops.total > 0.7
 
 
 def test_fine_tuning_starts_from_an_official_format_checkpoint(test_config, tiny_checkpoint, tmp_path):

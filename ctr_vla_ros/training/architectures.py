@@ -9,7 +9,13 @@ and the L1-regression MLP-ResNet head, in LIBERO's action layout (2 images, chun
   small  the shape to train on a 2-core CPU (widths 64/48, 4 blocks per tower, LLM 128 x 2 layers, 0.95 M
          parameters besides the 4.1 M of the vocabulary table): a few epochs of ~120 LIBERO demonstrations in about
          an hour, under 100 ms per `VlaPolicy.predict`. Two heads everywhere: on a CPU, the attention kernel is far
-         slower per FLOP with 16- or 32-wide heads than with 32- or 64-wide ones.
+         slower per FLOP with 16- or 32-wide heads than with 32- or 64-wide ones. The LLM has 55% of its FLOPs (the
+         release's: 91%), so LLM reuse is judged on a model unlike the release.
+  small_llm4  the LLM-heavy shape: towers of 3 blocks, LLM 128 x 4 layers; 76% of the FLOPs in the LLM, 1.97
+         GFLOP a query (small: 1.36), measured 78 ms per `VlaPolicy.predict` on 2 cores, as fast as small's 79
+         (the towers cost more per FLOP on a CPU than the LLM). Candidates measured beside it (FLOPs, LLM share,
+         predict): 4 blocks + 4 layers 2.11 G, 71%, 91 ms; 3 + 6 layers 2.71 G, 82%, 101 ms; 2 + 6 layers 2.57 G,
+         87%, 96 ms (one computed block per tower); 3 + 4 layers of width 160 2.61 G, 81%, 88 ms.
 
 An override file has the README's format (`vision_towers`, `llm`, `action`; every key optional): `llm` and `action`
 keys replace the preset's one by one, `vision_towers` replaces both towers.
@@ -29,6 +35,11 @@ PRESETS = {
     'small': ModelArchitecture(
         (VisionTowerConfig('dinov2', 64, 4, 2, 256, num_registers=4), VisionTowerConfig('siglip', 48, 4, 2, 192)),
         LlmConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256,
+                  vocab_size=LLAMA2_PADDED_VOCAB_SIZE),
+        ActionLayout()),
+    'small_llm4': ModelArchitecture(
+        (VisionTowerConfig('dinov2', 64, 3, 2, 256, num_registers=4), VisionTowerConfig('siglip', 48, 3, 2, 192)),
+        LlmConfig(hidden_size=128, num_layers=4, num_heads=2, intermediate_size=256,
                   vocab_size=LLAMA2_PADDED_VOCAB_SIZE),
         ActionLayout()),
 }
