@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
-from ctr_vla_ros.ctr.engine import CtrEngine
+from ctr_vla_ros.ctr.engine import CtrEngine, precise_chunk
 from ctr_vla_ros.ctr.mask import PatchState, patch_cosine_similarity, patch_difference, reuse_mask, top_k_relevant
 from ctr_vla_ros.model.attention import AttentionProbe
 from ctr_vla_ros.model.checkpoint import load_checkpoint
@@ -196,6 +196,64 @@ def test_every_reset_condition_forces_a_keyframe(checkpoint, libero_sequence):
     assert engine.keyframe_count == 7 and engine.reset_count == 2
 
 
+def test_a_chunk_asks_for_precise_mode_when_slow_or_when_the_gripper_command_changes():
+    chunk = torch.zeros(8, 7)
+    chunk[:, 0], chunk[:, 1] = 0.3, -0.4  # 0.5 per step
+    assert precise_chunk(chunk, CtrConfig(precise_speed=0.6))
+    assert not precise_chunk(chunk, CtrConfig(precise_speed=0.4))
+    assert not precise_chunk(chunk, CtrConfig())  # off by default
+    assert not precise_chunk(chunk, CtrConfig(enabled=False, precise_speed=0.6))
+    chunk[5:, 6] = 0.8  # the gripper command moves by 0.8 within the chunk
+    assert precise_chunk(chunk, CtrConfig(precise_gripper_change=0.5))
+    assert not precise_chunk(chunk, CtrConfig(precise_gripper_change=0.9))
+
+
+def test_precise_mode_recomputes_everything_while_chunks_ask_for_it(checkpoint, libero_sequence):
+    policy = make_policy(checkpoint, REUSE_EVERYTHING.replace(precise_speed=1e3))  # every chunk is slow
+    reports = []
+    for index in range(3):
+        prediction = policy.predict(*inputs(libero_sequence, index))
+        reports.append(prediction.report)
+        assert np.abs(prediction.normalized_actions - plain_model(policy, *inputs(libero_sequence, index))).max() \
+            <= EXACT
+    assert [report.keyframe_reason for report in reports] == ['first_query', 'precise', 'precise']
+    assert [report.flops.total for report in reports] == [reports[0].flops.total] * 3  # each a full keyframe
+    policy.engine.reset()
+    assert policy.predict(*inputs(libero_sequence, 0)).report.keyframe_reason == 'episode_reset'
+
+
+@pytest.mark.parametrize('requery', [True, False])
+def test_a_reuse_query_that_asks_for_precision_is_rerun_with_full_recompute(checkpoint, libero_sequence, requery):
+    reuse, precise = make_policy(checkpoint, REUSE_EVERYTHING), make_policy(checkpoint, REUSE_EVERYTHING)
+    keyframe = [policy.predict(*inputs(libero_sequence, 0)).report for policy in (reuse, precise)][1]
+    # From the second query on every chunk asks for precision; the first was judged with the mode off.
+    precise.engine.config = REUSE_EVERYTHING.replace(precise_speed=1e3, precise_requery=requery)
+    reused = reuse.predict(*inputs(libero_sequence, 19))
+    second = precise.predict(*inputs(libero_sequence, 19))
+    plain = plain_model(precise, *inputs(libero_sequence, 19))
+    assert np.abs(reused.normalized_actions - plain).max() > 1e-3  # what the reuse run predicted differs
+    if requery:
+        assert second.report.keyframe_reason == 'precise_requery'
+        assert np.abs(second.normalized_actions - plain).max() <= EXACT
+        assert second.report.flops.total == pytest.approx(reused.report.flops.total + keyframe.flops.total)
+    else:
+        assert second.report.keyframe_reason == ''
+        assert np.abs(second.normalized_actions - reused.normalized_actions).max() <= EXACT
+        assert second.report.flops.total == pytest.approx(reused.report.flops.total)
+    assert precise.predict(*inputs(libero_sequence, 2)).report.keyframe_reason == 'precise'
+
+
+def test_a_query_that_reused_nothing_is_not_rerun(checkpoint, libero_sequence):
+    nothing_static = REUSE_EVERYTHING.replace(difference_threshold=0.0)
+    policy = make_policy(checkpoint, nothing_static)
+    first = policy.predict(*inputs(libero_sequence, 0))
+    policy.engine.config = nothing_static.replace(precise_speed=1e3)
+    second = policy.predict(*inputs(libero_sequence, 19))
+    assert second.report.keyframe_reason == '' and not second.report.vision_reuse.any()
+    assert second.report.flops.total == first.report.flops.total  # one full run, not two
+    assert policy.predict(*inputs(libero_sequence, 18)).report.keyframe_reason == 'precise'
+
+
 def test_top_k_and_per_image_cap_are_honoured(checkpoint, libero_sequence):
     policy = make_policy(checkpoint, CtrConfig(difference_threshold=1.0, top_k=37, max_reuse_per_image=100,
                                                keyframe_interval=1000, input_timeout=1e6))
@@ -282,6 +340,8 @@ def test_config_validation_and_yaml(checkpoint, tmp_path):
         CtrConfig.from_dict({'topk': 3})
     with pytest.raises(ValueError, match='keyframe_interval must be >= 1'):
         CtrConfig(keyframe_interval=0)
+    with pytest.raises(ValueError, match='precise_speed and precise_gripper_change must be >= 0'):
+        CtrConfig(precise_gripper_change=-0.5)
     with pytest.raises(ValueError, match='static_metric must be one of'):
         CtrConfig(static_metric='ssim')
     with pytest.raises(ValueError, match='must be true or false'):

@@ -48,6 +48,18 @@ class CtrConfig:
     # context into the action; at layer 0 they depend on the token alone and are exact for a reused vision state.
     # The task-relevance probe (attention_layer) must read a layer before it, where every token still has keys.
     llm_prune_layer: int = -1
+    # Precise mode, an action-aware rule after SpecPrune-VLA's: while the arm is about to act on something (it moves
+    # slowly, or the gripper command changes), every query recomputes everything, because a grasp or a release is
+    # decided by the few pixels that move least. A predicted chunk (in normalised action units, OpenVLA-OFT's layout:
+    # x y z, three rotations, gripper last) is precise when its mean end-effector translation (the norm of the first
+    # three dimensions, averaged over the chunk) is below `precise_speed` (0: never), or its gripper command spans
+    # more than `precise_gripper_change` within the chunk (0: never). After a precise chunk the next query is a
+    # keyframe (reason 'precise'); the mode ends with the first full query whose chunk is not precise. A query that
+    # reused tokens and predicted a precise chunk is re-run at once with full recompute and acts on that chunk
+    # (`precise_requery`, SpecPrune's immediate re-query on the switch; both runs count in its FLOPs).
+    precise_speed: float = 0.0
+    precise_gripper_change: float = 0.0
+    precise_requery: bool = True
     # Mask-consistency ablation: scale the static threshold on one side only (1.0 and 1.0 = one unified mask).
     vision_threshold_scale: float = 1.0
     llm_threshold_scale: float = 1.0
@@ -74,6 +86,9 @@ class CtrConfig:
         if self.llm_prune_layer < -1 or 0 <= self.llm_prune_layer < self.llm_reuse_start_layer:
             problems.append(f'llm_prune_layer must be -1 (never) or >= llm_reuse_start_layer '
                             f'({self.llm_reuse_start_layer}), got {self.llm_prune_layer}')
+        if self.precise_speed < 0 or self.precise_gripper_change < 0:
+            problems.append(f'precise_speed and precise_gripper_change must be >= 0 (0: off), got '
+                            f'{self.precise_speed} and {self.precise_gripper_change}')
         if self.row_bucket < 1:
             problems.append(f'row_bucket must be >= 1, got {self.row_bucket}')
         if self.keyframe_interval < 1:
@@ -84,6 +99,10 @@ class CtrConfig:
             problems.append('threshold scales must be > 0')
         if problems:
             raise ValueError('invalid CTR settings: ' + '; '.join(problems))
+
+    @property
+    def precise_mode(self) -> bool:
+        return self.enabled and (self.precise_speed > 0 or self.precise_gripper_change > 0)
 
     @property
     def unified(self) -> bool:

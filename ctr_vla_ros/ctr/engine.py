@@ -1,8 +1,8 @@
 """The CTR engine: one unified mask per camera image drives reuse in the vision encoder and in the LLM.
 
 Per query:
-1. Keyframe? (first query, reset, instruction change, camera change, input gap, every keyframe_interval-th query.)
-   A keyframe recomputes everything and replaces every cache.
+1. Keyframe? (first query, reset, instruction change, camera change, input gap, precise mode, every
+   keyframe_interval-th query.) A keyframe recomputes everything and replaces every cache.
 2. Otherwise the mask: static patches (vs their reference pixels) that are not among the previous query's top-K
    attended visual tokens are reused (see `mask.py`).
 3. Vision encoder, per image: the recomputed patches (and DINOv2's cls/register tokens) are gathered once and run
@@ -14,6 +14,8 @@ Per query:
    `llm_prune_layer` on (if set) reused positions are left out instead: the computed ones attend among themselves.
    At one layer, one extra small matmul measures prompt-to-vision attention for the next query's task-relevant set.
 5. The action head reads the final-norm hidden states one position left of the action slots.
+6. Precise mode (if set): a chunk that moves slowly or changes the gripper command makes the next query a keyframe;
+   a query that reused tokens and predicted such a chunk is re-run at once with full recompute (`precise_chunk`).
 
 With a zero mask, or with inputs identical to those that produced the cache and every patch reused, the output
 equals the plain model's (tests check both).
@@ -58,6 +60,11 @@ class StageTimes:
     def total(self) -> float:
         return self.preprocess + self.mask + self.vision + self.projector + self.llm + self.head
 
+    def __add__(self, other: StageTimes) -> StageTimes:
+        """The times of both runs (a query that was re-run)."""
+        return StageTimes(*(getattr(self, field.name) + getattr(other, field.name)
+                            for field in dataclasses.fields(self)))
+
 
 @dataclasses.dataclass
 class StepReport:
@@ -87,6 +94,19 @@ class VisualNoise:
     fraction: float
     relative: tuple[float, ...]  # per LLM layer
     seed: int = 0
+
+
+def precise_chunk(normalized: torch.Tensor, config: CtrConfig) -> bool:
+    """Does this chunk (chunk, action_dim) of normalised actions ask for precise mode (see CtrConfig.precise_speed):
+    a mean end-effector translation below `precise_speed`, or a gripper command spanning more than
+    `precise_gripper_change`?"""
+    if not config.precise_mode:
+        return False
+    speed = float(normalized[:, :3].norm(dim=1).mean())
+    gripper_span = float(normalized[:, -1].max() - normalized[:, -1].min())
+    slow = config.precise_speed > 0 and speed < config.precise_speed
+    gripping = config.precise_gripper_change > 0 and gripper_span > config.precise_gripper_change
+    return slow or gripping
 
 
 @dataclasses.dataclass
@@ -174,6 +194,9 @@ class CtrEngine:
         if self.config.enabled and 0 <= prune <= self.probe_layer:
             raise ValueError(f'attention_layer {layer} (layer {self.probe_layer}) must come before llm_prune_layer '
                              f'{prune}: pruned tokens have no keys to be attended there')
+        if self.config.precise_mode and architecture.action.action_dim < 4:
+            raise ValueError('precise mode reads x y z and the gripper from the actions: it needs at least 4 '
+                             f'action dimensions, the model has {architecture.action.action_dim}')
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         if self.config.cuda_graphs and self.device.type != 'cuda':
@@ -183,6 +206,7 @@ class CtrEngine:
         self.reset_count = 0
         self._cache: _Cache | None = None
         self._pending_reason = 'first_query'
+        self._precise = False  # the last chunk asked for precise mode (see precise_chunk)
         self.visual_noise: VisualNoise | None = None  # the fragility control only (see VisualNoise)
         self._noise_generator = torch.Generator()
         # Allocated once and written in place (captured graphs read them): the step's inputs and every cache.
@@ -217,6 +241,7 @@ class CtrEngine:
         """Drop every cache: the next query is a keyframe with this reason."""
         self._cache = None
         self._pending_reason = reason
+        self._precise = False
         self.reset_count += 1
         if self.visual_noise is not None:
             self._noise_generator.manual_seed(self.visual_noise.seed)
@@ -233,6 +258,8 @@ class CtrEngine:
             return 'instruction_changed'
         if now - cache.last_time > config.input_timeout:
             return 'input_gap'
+        if self._precise:
+            return 'precise'
         if cache.queries_since_keyframe >= config.keyframe_interval:
             return 'interval'
         return ''
@@ -241,16 +268,31 @@ class CtrEngine:
     def step(self, query: ModelInput, timestamp: float | None = None) -> tuple[torch.Tensor, StepReport]:
         """Normalised actions (chunk, action_dim) fp32 and the report of this query. timestamp: seconds (the camera
         stamp), used for the input-gap keyframe; default: now."""
+        now = time.monotonic() if timestamp is None else timestamp
+        reason = self._keyframe_reason(query, now)
+        normalized, report = self._compute(query, now, reason)
+        precise = precise_chunk(normalized, self.config)
+        reused_tokens = bool(report.vision_reuse.any() or report.llm_reuse.any())
+        if precise and reused_tokens and self.config.precise_requery:
+            # The chunk that asks for precision came from reused tokens: act on a full recompute of the same inputs.
+            reused = report
+            normalized, report = self._compute(query, now, 'precise_requery')
+            report.flops, report.times = reused.flops + report.flops, reused.times + report.times
+            precise = precise_chunk(normalized, self.config)
+        self._precise = precise
+        self.query_index += 1
+        return normalized, report
+
+    def _compute(self, query: ModelInput, now: float, reason: str) -> tuple[torch.Tensor, StepReport]:
+        """One run of the model on this query: a keyframe if `reason` is set, with reuse otherwise."""
         config, model = self.config, self.model
         architecture = model.architecture
         num_images, patches = architecture.action.num_images, architecture.patches_per_image
-        now = time.monotonic() if timestamp is None else timestamp
         clock = _StageClock(self.device)
 
         started = clock.mark()
         images = torch.from_numpy(np.stack(query.model_images)).to(self.device)
         prompt_ids = query.prompt_ids.to(self.device)
-        reason = self._keyframe_reason(query, now)
         previous_scores = None if reason or self._cache is None else self._cache.attention_scores
         if reason:
             masks = keyframe_masks(num_images, patches, self.device)
@@ -289,7 +331,6 @@ class CtrEngine:
             vision_reuse=reuse_vision.float().mean(dim=1).cpu().numpy(),
             llm_reuse=reuse_llm.float().mean(dim=1).cpu().numpy(),
             flops=flops, full_recompute_flops=count_step_flops(architecture, prompt_length), times=clock.times())
-        self.query_index += 1
         return normalized, report
 
     def _set_visual_noise(self, caches: list[KeyValueCache], visual_tokens: int) -> None:

@@ -22,6 +22,11 @@ CONFIGS: dict[str, CtrConfig] = {
     # reaches.
     'paper_pruned': PRESETS['paper'].replace(llm_prune_layer=1, attention_layer=0),
     'fast_pruned': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0),
+    # fast_pruned loses its successes at the release over the plate, where the arm slows down and the gripper
+    # command turns: the same with precise mode at SpecPrune-VLA's translation threshold (0.4) and a gripper command
+    # that moves by half its range within a chunk.
+    'fast_pruned_precise': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0, precise_speed=0.4,
+                                                   precise_gripper_change=0.5),
 }
 FRAGILITY = 'fragility'
 FRAGILITY_OF = 'paper'  # the configuration whose deviation the fragility control reproduces

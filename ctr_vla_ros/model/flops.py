@@ -35,6 +35,12 @@ class StepFlops:
     def total(self) -> float:
         return self.vision_total + self.projector + self.llm + self.head
 
+    def __add__(self, other: StepFlops) -> StepFlops:
+        """The FLOPs of both runs (a query that was re-run)."""
+        return StepFlops({kind: flops + other.vision[kind] for kind, flops in self.vision.items()},
+                         self.projector + other.projector, self.llm_linear + other.llm_linear,
+                         self.llm_attention + other.llm_attention, self.head + other.head)
+
 
 def count_step_flops(architecture: ModelArchitecture, prompt_length: int,
                      computed_patches: Sequence[int] | None = None,

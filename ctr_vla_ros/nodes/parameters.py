@@ -98,6 +98,11 @@ def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
         'input_timeout': 'a gap between queries longer than this (s) forces a keyframe',
         'llm_reuse_start_layer': 'first LLM layer that keeps cached visual K/V',
         'llm_prune_layer': 'from this LLM layer on, reused visual tokens are pruned instead of cached (-1: never)',
+        'precise_speed': 'precise mode: full recompute while the predicted chunk moves slower than this '
+                         '(mean normalised translation; 0: never)',
+        'precise_gripper_change': 'precise mode: full recompute while the predicted gripper command spans more than '
+                                  'this within a chunk (0: never)',
+        'precise_requery': 'precise mode: a reuse query that predicts a precise chunk is re-run with full recompute',
         'vision_threshold_scale': 'ablation: static-threshold scale on the vision side only',
         'llm_threshold_scale': 'ablation: static-threshold scale on the LLM side only',
         'row_bucket': 'pad recomputed rows to a multiple of this (static shapes; 1: exact counts)',

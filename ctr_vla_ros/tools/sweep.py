@@ -39,15 +39,20 @@ def grid(base: CtrConfig, args: argparse.Namespace) -> dict[str, CtrConfig]:
     thresholds = ([('gray_difference', value) for value in args.thresholds]
                   + [('rgb_cosine', value) for value in args.cosine_thresholds])
     settings = {}
-    for (metric, threshold), top_k, cap, interval, prune in itertools.product(
-            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers):
+    # Precise mode keeps the recording's own settings unless the command line sweeps it.
+    precise = itertools.product(args.precise_speeds or [base.precise_speed],
+                                args.precise_gripper_changes or [base.precise_gripper_change])
+    for (metric, threshold), top_k, cap, interval, prune, (speed, gripper) in itertools.product(
+            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers, list(precise)):
         threshold_field = 'difference_threshold' if metric == 'gray_difference' else 'cosine_threshold'
         name = f"{'gray' if metric == 'gray_difference' else 'cos'}{threshold:g}_k{top_k}_cap{cap}_kf{interval}"
+        name += f'_prune{prune}' if prune >= 0 else ''
+        name += f'_precise{speed:g}g{gripper:g}' if speed > 0 or gripper > 0 else ''
         # A pruned setting's task relevance is read at layer 0, which every token reaches.
         pruning = {'llm_prune_layer': prune, 'attention_layer': 0} if prune >= 0 else {}
-        settings[name + (f'_prune{prune}' if prune >= 0 else '')] = base.replace(
+        settings[name] = base.replace(
             enabled=True, static_metric=metric, top_k=top_k, max_reuse_per_image=cap, keyframe_interval=interval,
-            **{threshold_field: threshold}, **pruning)
+            precise_speed=speed, precise_gripper_change=gripper, **{threshold_field: threshold}, **pruning)
     return settings
 
 
@@ -110,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--keyframe-intervals', type=int, nargs='+', default=[5, 10])
     parser.add_argument('--prune-layers', type=int, nargs='+', default=[-1],
                         help='llm_prune_layer values (-1: none; else 1 .. LLM layers - 1)')
+    parser.add_argument('--precise-speeds', type=float, nargs='+',
+                        help="precise_speed values (precise mode below this mean translation; 0: never; default: "
+                        "the recording's)")
+    parser.add_argument('--precise-gripper-changes', type=float, nargs='+',
+                        help="precise_gripper_change values (precise mode when the gripper command moves more; "
+                        "0: never; default: the recording's)")
     closed_loop = parser.add_argument_group('closed loop', 'check the best settings in a LIBERO simulation')
     closed_loop.add_argument('--closed-loop', type=int, default=0, metavar='N',
                              help='evaluate the N acceptable settings that save the most FLOPs (0: none)')
