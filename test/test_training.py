@@ -2,6 +2,7 @@
 the export. Nothing trains for real: tiny models, small LIBERO HDF5 files written in tmp_path, a few steps."""
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ctr_vla_ros.policy import VlaPolicy
 from ctr_vla_ros.tools.train import main
 from ctr_vla_ros.training.architectures import PRESETS
 from ctr_vla_ros.training.augment import augment_images, crop_and_resize
-from ctr_vla_ros.training.ctr_aware import earlier_indices
+from ctr_vla_ros.training.ctr_aware import earlier_indices, reusing_rows
 from ctr_vla_ros.training.dataset import (action_chunks, dataset_statistics, episodes_from_files, make_episode,
                                           noop_steps, normalize_actions, split_episodes)
 from ctr_vla_ros.training.trainer import STEP_PHASES, Trainer, TrainingConfig
@@ -236,6 +237,39 @@ def test_a_ctr_aware_pass_is_what_the_engine_serves_from_the_same_cache(tiny_che
     assert np.abs(fresh.numpy() - served.normalized_actions).max() > 1e-4, 'the cache must matter'
 
 
+def test_a_batch_where_some_samples_reuse_gives_each_sample_its_own_result(tiny_checkpoint, libero_sequence):
+    """The earlier pass runs only for the samples that reuse (`BatchReuse.rows`); the batch's other samples, here
+    one with a longer prompt than the earlier pass saw, get exactly their full-recompute result."""
+    policy = VlaPolicy(load_checkpoint(tiny_checkpoint), 'libero_spatial_no_noops', center_crop=False)
+    model, tokens = policy.checkpoint.model, policy.checkpoint.tokens
+
+    def prepared(index, instruction):
+        return policy.prepare([libero_sequence['agentview'][index], libero_sequence['wrist'][index]],
+                              libero_sequence['proprio8'][index], instruction)
+
+    earlier, reusing = prepared(0, libero_sequence['instruction']), prepared(6, libero_sequence['instruction'])
+    other = prepared(6, libero_sequence['instruction'] + ' and then put the bowl back on the plate slowly')
+    assert len(other.prompt_ids) > len(earlier.prompt_ids)
+    reused = (torch.arange(model.architecture.num_visual_tokens) % 3 == 0)[None]
+    space, stop = tokens.space_id, tokens.stop_id
+    with torch.inference_mode():
+        cache = model.earlier_pass(earlier.pixel_values[None], earlier.normalized_proprio[None],
+                                   [earlier.prompt_ids], space, stop)
+        alone = model.forward_batch(reusing.pixel_values[None], reusing.normalized_proprio[None],
+                                    [reusing.prompt_ids], space, stop, reuse=BatchReuse(cache, reused, reused))[0]
+        fresh = model.forward_batch(other.pixel_values[None], other.normalized_proprio[None], [other.prompt_ids],
+                                    space, stop)[0]
+        masks = torch.cat([torch.zeros_like(reused), reused])
+        both = model.forward_batch(torch.stack([other.pixel_values, reusing.pixel_values]),
+                                   torch.stack([other.normalized_proprio, reusing.normalized_proprio]),
+                                   [other.prompt_ids, reusing.prompt_ids], space, stop,
+                                   reuse=BatchReuse(cache, masks, masks, rows=torch.tensor([1])))
+    torch.testing.assert_close(both[0], fresh, rtol=0, atol=1e-5)
+    torch.testing.assert_close(both[1], alone, rtol=0, atol=1e-5)
+    assert (alone - model.forward_batch(reusing.pixel_values[None], reusing.normalized_proprio[None],
+                                        [reusing.prompt_ids], space, stop)[0]).abs().max() > 1e-4
+
+
 def test_ctr_aware_batches_reuse_earlier_frames_of_the_same_episode(test_config, tmp_path):
     rule = tmp_path / 'every_patch_static.yaml'  # the test's frames are random: only threshold 1 finds static patches
     rule.write_text(CtrConfig(difference_threshold=1.0, top_k=32, max_reuse_per_image=0).to_parameters_yaml())
@@ -249,6 +283,7 @@ def test_ctr_aware_batches_reuse_earlier_frames_of_the_same_episode(test_config,
     assert batch.reuse_llm.any() and torch.equal(batch.reuse_vision, batch.reuse_llm)  # one unified mask
     assert batch.reuse_llm.sum(dim=1).tolist() == [trainer.architecture.num_visual_tokens - 32] * len(indices)
     trainer.augment_generator.set_state(generator_state)
+    assert torch.equal(reusing_rows(len(indices), 1.0, trainer.augment_generator), torch.arange(len(indices)))
     chunk = trainer.architecture.action.chunk_size
     earlier = earlier_indices(indices, samples.episode_first, chunk, 2, trainer.augment_generator)
     assert torch.all(earlier >= samples.episode_first[indices])
@@ -258,6 +293,21 @@ def test_ctr_aware_batches_reuse_earlier_frames_of_the_same_episode(test_config,
     assert torch.isfinite(loss)
     trainer.train_step()
     assert math.isfinite(trainer.history['train'][-1][1])
+
+    # With a share, only the drawn rows get earlier frames, and only they reuse.
+    trainer.ctr_aware = dataclasses.replace(trainer.ctr_aware, share=0.5)
+    for _ in range(100):  # a generator state whose draw splits the batch
+        state = trainer.augment_generator.get_state()
+        rows = reusing_rows(len(indices), 0.5, trainer.augment_generator)
+        if 0 < len(rows) < len(indices):
+            break
+    trainer.augment_generator.set_state(state)
+    batch = trainer.model_inputs(samples, indices, augment=True)
+    assert torch.equal(batch.earlier_rows, rows) and len(batch.earlier_proprio) == len(rows)
+    others = torch.ones(len(indices), dtype=torch.bool)
+    others[rows] = False
+    assert batch.reuse_llm[rows].any() and not batch.reuse_llm[others].any() and not batch.reuse_vision[others].any()
+    assert torch.isfinite(trainer._loss(batch))
 
 
 def test_resumed_run_equals_uninterrupted_run(test_config, tmp_path):
@@ -309,6 +359,24 @@ def test_export_loads_and_predicts_what_the_trained_model_predicts(test_config, 
     np.testing.assert_allclose(prediction.normalized_actions, in_memory.double().numpy(), rtol=0, atol=1e-5)
     gripper_commands = GRIPPER_CONVENTIONS['open_is_one'](prediction.actions[:, 6])
     assert set(np.unique(gripper_commands)) <= {-1.0, 1.0}
+
+
+def test_every_new_best_export_is_published_with_its_history(test_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the history and the curve go to benchmarks/results and docs of the working tree
+    published = tmp_path / 'models' / 'goal_test'
+    trainer = Trainer(dataclasses.replace(test_config, steps=4, validation_interval=1, publish=str(published)),
+                      tmp_path / 'run')
+    trainer.run()
+    history = json.loads((tmp_path / 'benchmarks' / 'results' / 'train_goal_test.json').read_text())
+    best_step, best_value = min(trainer.history['validation'], key=lambda point: point[1])
+    assert (history['best_step'], history['best_validation']) == (best_step, best_value)
+    assert history['history']['validation'] == [point for point in trainer.history['validation']
+                                                if point[0] <= best_step]
+    assert (tmp_path / 'docs' / 'loss_curve_goal_test.png').stat().st_size > 0
+    best = load_checkpoint(tmp_path / 'run' / 'checkpoint-best').model.state_dict()
+    for name, tensor in load_checkpoint(published).model.state_dict().items():
+        torch.testing.assert_close(tensor, best[name], rtol=0, atol=0)
+    assert not published.with_name('goal_test.tmp').exists() and not published.with_name('goal_test.old').exists()
 
 
 def test_command_line_trains_exports_and_refuses_a_changed_resume(libero_files, tmp_path, capsys):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 RESULTS_DIR = Path('benchmarks') / 'results'
+DOCS_DIR = Path('docs')  # the figures the README shows
 
 
 def machine_description() -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ctr_vla_ros.benchmarks.measurement import DOCS_DIR
 from ctr_vla_ros.evaluation.results import read_query_log
 from ctr_vla_ros.sim.libero_env import CONTROL_PERIOD
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'  endings: {dict((ending, endings.count(ending)) for ending in sorted(set(endings)))}')
     path = args.results.with_name(f'divergence_{results["settings"]["checkpoint"]}.json')
     path.write_text(json.dumps(output, indent=1))
-    figure = args.figure or Path('docs') / f'divergence_{results["settings"]["checkpoint"]}.png'
+    figure = args.figure or DOCS_DIR / f'divergence_{results["settings"]["checkpoint"]}.png'
     if all_pairs:
         plot(all_pairs, ', '.join(args.configs), figure,
              f'{results["settings"]["checkpoint"]}: episodes off solves and {", ".join(args.configs)} fails')

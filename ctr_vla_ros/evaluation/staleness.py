@@ -25,7 +25,7 @@ from ctr_vla_ros.evaluation.configurations import CONFIGS
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.policy import VlaPolicy
 from ctr_vla_ros.benchmarks.ctr import load_sequence
-from ctr_vla_ros.benchmarks.measurement import RESULTS_DIR, machine_description
+from ctr_vla_ros.benchmarks.measurement import DOCS_DIR, RESULTS_DIR, machine_description
 
 
 def relative_error(reused: torch.Tensor, fresh: torch.Tensor) -> float:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     output = RESULTS_DIR / f'staleness_{args.checkpoint.name}.json'
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))
-    figure = Path('docs') / f'staleness_{args.checkpoint.name}.png'
+    figure = DOCS_DIR / f'staleness_{args.checkpoint.name}.png'
     plot(results, figure)
     print(f'results: {output}; figure: {figure}')
     return 0

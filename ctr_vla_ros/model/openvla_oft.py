@@ -79,6 +79,23 @@ class BatchReuse:
     reuse_llm: torch.Tensor  # (batch, V) bool
     start_layer: int = 0
     prune_layer: int = -1  # -1: never
+    # The batch rows `earlier` was computed for, in order (None: every row). The other rows reuse nothing, so their
+    # earlier frames need no pass.
+    rows: torch.Tensor | None = None
+
+    def whole_batch(self, tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """A tensor of the earlier pass, at its rows of a zero tensor of the whole batch's `shape` (the earlier
+        pass pads its sequences to its own longest one, which may be shorter than the batch's)."""
+        if self.rows is None and tensor.shape == tuple(shape):
+            return tensor
+        whole = tensor.new_zeros(shape)
+        rows = slice(None) if self.rows is None else self.rows
+        whole[(rows, *(slice(0, size) for size in tensor.shape[1:]))] = tensor
+        return whole
+
+    def visual_tokens(self, shape: Sequence[int]) -> torch.Tensor:
+        """(batch, V, hidden): the earlier frames' visual tokens."""
+        return self.whole_batch(self.earlier.visual, shape)
 
     def llm_layers(self, num_layers: int, length: int) -> list[EarlierKeyValues | None]:
         """Per LLM layer, what it attends with at the reused positions of sequences `length` long."""
@@ -87,8 +104,12 @@ class BatchReuse:
                             self.reuse_llm.new_zeros(batch, length - 1 - visual)], dim=1)
         layers = []
         for index, (key, value) in enumerate(self.earlier.key_values[:num_layers]):
-            pruned = 0 <= self.prune_layer <= index
-            layers.append(EarlierKeyValues(reused, key, value, pruned) if index >= self.start_layer else None)
+            if index < self.start_layer:
+                layers.append(None)
+                continue
+            shape = (batch, key.shape[1], length, key.shape[3])
+            layers.append(EarlierKeyValues(reused, self.whole_batch(key, shape), self.whole_batch(value, shape),
+                                           pruned=0 <= self.prune_layer <= index))
         return layers
 
 
@@ -175,8 +196,9 @@ class OpenVlaOft(nn.Module):
         earlier = None
         if reuse is not None:
             visual = slice(1, 1 + self.architecture.num_visual_tokens)
+            current = embeddings[:, visual]
             embeddings = torch.cat([embeddings[:, :1], torch.where(reuse.reuse_vision[..., None],
-                                                                   reuse.earlier.visual, embeddings[:, visual]),
+                                                                   reuse.visual_tokens(current.shape), current),
                                     embeddings[:, visual.stop:]], dim=1)
             earlier = reuse.llm_layers(self.architecture.llm.num_layers, embeddings.shape[1])
         hidden = self._batch_llm(embeddings, layouts, earlier=earlier)

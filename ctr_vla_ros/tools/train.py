@@ -62,6 +62,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--ctr-aware-queries-back', type=int,
                         help=f'the cached frame lies up to this many chunks back, default '
                              f'{defaults.ctr_aware_queries_back}')
+    parser.add_argument('--publish', metavar='DIRECTORY',
+                        help='every new best export also goes here (e.g. models/NAME), its loss history to '
+                             'benchmarks/results/train_NAME.json and its curve to docs/loss_curve_NAME.png')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s choice)')
     parser.add_argument('--profile', type=int, metavar='STEPS',
                         help='instead of training: time STEPS steps per phase (the output directory is scratch)')

@@ -41,6 +41,11 @@ class CtrAwareTraining:
             raise ValueError('CTR-aware training needs a rule that reuses (ctr.enabled)')
 
 
+def reusing_rows(batch: int, share: float, generator: torch.Generator) -> torch.Tensor:
+    """The rows of a batch trained with reuse: each with probability `share`."""
+    return (torch.rand(batch, generator=generator) < share).nonzero().flatten()
+
+
 def earlier_indices(indices: torch.Tensor, episode_first: torch.Tensor, chunk_size: int, queries_back: int,
                     generator: torch.Generator) -> torch.Tensor:
     """For each sample, a sample of the same episode 1..queries_back chunks earlier (the episode's first if that is
@@ -49,18 +54,16 @@ def earlier_indices(indices: torch.Tensor, episode_first: torch.Tensor, chunk_si
     return torch.maximum(indices - back, episode_first[indices])
 
 
-def reuse_masks(current: torch.Tensor, earlier: torch.Tensor, training: CtrAwareTraining,
+def reuse_masks(current: torch.Tensor, earlier: torch.Tensor, config: CtrConfig,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reuse_vision, reuse_llm), each (batch, images * patches) bool, from the model images of the samples and of
-    their earlier frames, (batch, images, 224, 224, 3) uint8: the serving mask for a `share` of the samples,
-    nothing reused for the others."""
-    batch, images = current.shape[:2]
+    """(reuse_vision, reuse_llm), each (samples, images * patches) bool: the serving rule's mask between the model
+    images of samples and of their earlier frames, (samples, images, 224, 224, 3) uint8."""
+    samples, images = current.shape[:2]
     tokens = images * (current.shape[2] // PATCH_SIZE) ** 2
     vision, llm = [], []
-    chosen = torch.rand(batch, generator=generator) < training.share
-    for sample in range(batch):
+    for sample in range(samples):
         scores = torch.rand(tokens, generator=generator)  # stands in for the previous query's attention
-        masks = decide_masks(current[sample], earlier[sample], scores, training.config)
-        vision.append(masks.reuse_vision.flatten() & chosen[sample])
-        llm.append(masks.reuse_llm.flatten() & chosen[sample])
+        masks = decide_masks(current[sample], earlier[sample], scores, config)
+        vision.append(masks.reuse_vision.flatten())
+        llm.append(masks.reuse_llm.flatten())
     return torch.stack(vision), torch.stack(llm)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ctr_vla_ros.benchmarks.measurement import DOCS_DIR, RESULTS_DIR
 from ctr_vla_ros.model.checkpoint import TOKENIZER_FILE, load_checkpoint, load_tokens
 from ctr_vla_ros.model.checkpoint_writer import build_tokenizer, save_checkpoint, vocab_size_for
 from ctr_vla_ros.model.config import ModelArchitecture
@@ -49,7 +50,7 @@ from ctr_vla_ros.model.preprocess import pixel_values
 from ctr_vla_ros.model.random_checkpoint import random_state_dict
 from ctr_vla_ros.training.architectures import DEFAULT_PRESET, resolve_architecture
 from ctr_vla_ros.training.augment import augment_images
-from ctr_vla_ros.training.ctr_aware import CtrAwareTraining, earlier_indices, reuse_masks
+from ctr_vla_ros.training.ctr_aware import CtrAwareTraining, earlier_indices, reuse_masks, reusing_rows
 from ctr_vla_ros.training.dataset import (SampleSet, build_samples, dataset_statistics, episodes_from_files,
                                           split_episodes)
 
@@ -85,6 +86,9 @@ class TrainingConfig:
     ctr_aware: str = ''
     ctr_aware_share: float = 0.5
     ctr_aware_queries_back: int = 4
+    # Where every new best export goes as well (e.g. models/<name>, what a long job commits as it improves), with
+    # the loss history and curve as benchmarks/results/train_<name>.json and docs/loss_curve_<name>.png; '' = none.
+    publish: str = ''
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -113,6 +117,7 @@ class Batch:
     earlier_proprio: torch.Tensor | None = None
     reuse_vision: torch.Tensor | None = None  # (batch, visual tokens) bool
     reuse_llm: torch.Tensor | None = None
+    earlier_rows: torch.Tensor | None = None  # the rows the earlier frames belong to (the others reuse nothing)
 
 
 class Trainer:
@@ -151,6 +156,8 @@ class Trainer:
         if len(self.training_samples) < config.batch_size:
             raise ValueError(f'{len(self.training_samples)} training samples, fewer than one batch '
                              f'({config.batch_size})')
+        if config.publish and not validation:
+            raise ValueError('publish needs held-out demonstrations: it publishes the best validation loss')
         self.validation_samples = None
         if validation:
             samples = build_samples(validation, self.statistics, self.instructions, chunk_size, center_crop=True)
@@ -181,8 +188,9 @@ class Trainer:
         state = torch.load(path, map_location='cpu', weights_only=True)
         defaults = dataclasses.asdict(TrainingConfig(data_files=(), steps=1))
         saved = {**defaults, **state['config']}  # a setting added since the run started has its default
+        # Where the best export is published changes nothing the run computes: a resumed run may name another.
         differences = {key: (saved[key], value) for key, value in dataclasses.asdict(config).items()
-                       if saved[key] != value}
+                       if saved[key] != value and key != 'publish'}
         if differences:
             raise ValueError(f'the run in {self.output} was started with other settings (saved, given): '
                              f'{differences}')
@@ -234,32 +242,45 @@ class Trainer:
         return torch.from_numpy(order[position * batch:(position + 1) * batch])
 
     def model_inputs(self, samples: SampleSet, indices: torch.Tensor, augment: bool) -> Batch:
-        """The batch of these samples; augmented for training, and with CTR-aware training their earlier frames
-        (through the same augmentation as the sample: one camera at two moments) and the tokens reused from them."""
+        """The batch of these samples; augmented for training, and with CTR-aware training, for the samples drawn to
+        reuse, their earlier frames (through the same augmentation as the sample: one camera at two moments) and
+        the tokens reused from them."""
         device = self.config.device
         images = samples.model_images(indices)  # (batch, images, 224, 224, 3) uint8
-        earlier = None
-        if augment and self.ctr_aware is not None:
-            earlier = earlier_indices(indices, samples.episode_first, self.architecture.action.chunk_size,
-                                      self.ctr_aware.queries_back, self.augment_generator)
-            images = torch.stack([images, samples.model_images(earlier)], dim=2)  # (batch, images, 2, ...)
-        if augment:
-            flat = augment_images(images.flatten(0, -4), self.augment_generator,
-                                  frames=2 if earlier is not None else 1)
-            images = flat.unflatten(0, images.shape[:-3])
 
         def pixels(model_images: torch.Tensor) -> torch.Tensor:
             return pixel_values(list(model_images.flatten(0, 1).numpy()), torch.float32,
                                 device).unflatten(0, model_images.shape[:2])
 
+        def augmented(model_images: torch.Tensor, frames: int) -> torch.Tensor:
+            flat = augment_images(model_images.flatten(0, -4), self.augment_generator, frames=frames)
+            return flat.unflatten(0, model_images.shape[:-3])
+
         prompts = [self.prompt_ids[index] for index in samples.instruction_index[indices].tolist()]
         proprio, target = samples.proprio[indices].to(device), samples.actions[indices].to(device)
-        if earlier is None:
+        if not augment:
             return Batch(pixels(images), proprio, prompts, target)
-        current, previous = images[:, :, 0], images[:, :, 1]
-        reuse_vision, reuse_llm = reuse_masks(current, previous, self.ctr_aware, self.augment_generator)
-        return Batch(pixels(current), proprio, prompts, target, pixels(previous), samples.proprio[earlier].to(device),
-                     reuse_vision.to(device), reuse_llm.to(device))
+        rows = torch.empty(0, dtype=torch.long) if self.ctr_aware is None else \
+            reusing_rows(len(indices), self.ctr_aware.share, self.augment_generator)
+        if len(rows) == 0:
+            return Batch(pixels(augmented(images, frames=1)), proprio, prompts, target)
+        earlier = earlier_indices(indices[rows], samples.episode_first, self.architecture.action.chunk_size,
+                                  self.ctr_aware.queries_back, self.augment_generator)
+        pairs = augmented(torch.stack([images[rows], samples.model_images(earlier)], dim=2), frames=2)
+        others = torch.ones(len(indices), dtype=torch.bool)
+        others[rows] = False
+        current = images.clone()
+        current[rows] = pairs[:, :, 0]
+        if others.any():
+            current[others] = augmented(images[others], frames=1)
+        reused_vision, reused_llm = reuse_masks(pairs[:, :, 0], pairs[:, :, 1], self.ctr_aware.config,
+                                                self.augment_generator)
+        reuse_vision = torch.zeros(len(indices), reused_vision.shape[1], dtype=torch.bool)
+        reuse_llm = torch.zeros_like(reuse_vision)
+        reuse_vision[rows], reuse_llm[rows] = reused_vision, reused_llm
+        return Batch(pixels(current), proprio, prompts, target, pixels(pairs[:, :, 1]),
+                     samples.proprio[earlier].to(device), reuse_vision.to(device), reuse_llm.to(device),
+                     rows.to(device))
 
     def loss(self, samples: SampleSet, indices: torch.Tensor, augment: bool) -> torch.Tensor:
         """Mean L1 between the predicted and the true normalised chunks."""
@@ -273,10 +294,11 @@ class Trainer:
             reuse = None
             if batch.earlier_pixels is not None:
                 rule = self.ctr_aware.config
-                earlier = self.model.earlier_pass(batch.earlier_pixels, batch.earlier_proprio, batch.prompts, space,
-                                                  stop)
+                earlier = self.model.earlier_pass(batch.earlier_pixels, batch.earlier_proprio,
+                                                  [batch.prompts[row] for row in batch.earlier_rows.tolist()],
+                                                  space, stop)
                 reuse = BatchReuse(earlier, batch.reuse_vision, batch.reuse_llm, rule.llm_reuse_start_layer,
-                                   rule.llm_prune_layer)
+                                   rule.llm_prune_layer, batch.earlier_rows)
             predicted = self.model.forward_batch(batch.pixels, batch.proprio, batch.prompts, space, stop, reuse=reuse)
         return F.l1_loss(predicted, batch.target)
 
@@ -371,14 +393,41 @@ class Trainer:
         if self.validation_samples is not None:
             value = self.validate()
             self.export(self.output / 'checkpoint')
-            if value < self.best_validation:
+            improved = value < self.best_validation
+            if improved:
                 self.best_validation = value
                 shutil.rmtree(self.output / 'checkpoint-best', ignore_errors=True)
                 shutil.copytree(self.output / 'checkpoint', self.output / 'checkpoint-best')
         else:
             self.export(self.output / 'checkpoint')
+            improved = False
         self.save_state()
         self.write_history()
+        if improved and self.config.publish:
+            self.publish(Path(self.config.publish))
+
+    def publish(self, directory: Path) -> None:
+        """The best export into `directory`, and the loss history and curve into the results and the docs. Each is
+        written beside its place and moved in; meanwhile a `.tmp` or `.old` sibling exists, which
+        scripts/commit_products.sh waits out, so a commit never holds a half-published checkpoint."""
+        temporary, previous = directory.with_name(directory.name + '.tmp'), directory.with_name(directory.name + '.old')
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
+        shutil.copytree(self.output / 'checkpoint-best', temporary)
+        if directory.exists():
+            os.replace(directory, previous)
+        os.replace(temporary, directory)
+        shutil.rmtree(previous, ignore_errors=True)
+        history = json.dumps({'config': dataclasses.asdict(self.config), 'steps_per_epoch': self.steps_per_epoch,
+                              'best_step': self.step, 'best_validation': self.best_validation,
+                              'history': self.history})
+        results, curve = RESULTS_DIR / f'train_{directory.name}.json', DOCS_DIR / f'loss_curve_{directory.name}.png'
+        for path in (results, curve):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        results.with_name(results.name + '.tmp').write_text(history)
+        shutil.copyfile(self.output / 'loss_curve.png', curve.with_name(curve.name + '.tmp'))
+        for path in (results, curve):
+            os.replace(path.with_name(path.name + '.tmp'), path)
 
     def run(self) -> None:
         """Train to the end, validating and exporting on the way and at the end."""
