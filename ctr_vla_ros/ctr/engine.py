@@ -272,8 +272,7 @@ class CtrEngine:
         reason = self._keyframe_reason(query, now)
         normalized, report = self._compute(query, now, reason)
         precise = precise_chunk(normalized, self.config)
-        reused_tokens = bool(report.vision_reuse.any() or report.llm_reuse.any())
-        if precise and reused_tokens and self.config.precise_requery:
+        if precise and self.config.precise_requery and (report.vision_reuse.any() or report.llm_reuse.any()):
             # The chunk that asks for precision came from reused tokens: act on a full recompute of the same inputs.
             reused = report
             normalized, report = self._compute(query, now, 'precise_requery')

@@ -86,11 +86,10 @@ class BatchReuse:
     def whole_batch(self, tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """A tensor of the earlier pass, at its rows of a zero tensor of the whole batch's `shape` (the earlier
         pass pads its sequences to its own longest one, which may be shorter than the batch's)."""
-        if self.rows is None and tensor.shape == tuple(shape):
+        if self.rows is None:  # the earlier pass ran over this very batch: same rows, same padding
             return tensor
         whole = tensor.new_zeros(shape)
-        rows = slice(None) if self.rows is None else self.rows
-        whole[(rows, *(slice(0, size) for size in tensor.shape[1:]))] = tensor
+        whole[(self.rows, *(slice(0, size) for size in tensor.shape[1:]))] = tensor
         return whole
 
     def visual_tokens(self, shape: Sequence[int]) -> torch.Tensor:

@@ -43,7 +43,7 @@ def grid(base: CtrConfig, args: argparse.Namespace) -> dict[str, CtrConfig]:
     precise = itertools.product(args.precise_speeds or [base.precise_speed],
                                 args.precise_gripper_changes or [base.precise_gripper_change])
     for (metric, threshold), top_k, cap, interval, prune, (speed, gripper) in itertools.product(
-            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers, list(precise)):
+            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers, precise):
         threshold_field = 'difference_threshold' if metric == 'gray_difference' else 'cosine_threshold'
         name = f"{'gray' if metric == 'gray_difference' else 'cos'}{threshold:g}_k{top_k}_cap{cap}_kf{interval}"
         name += f'_prune{prune}' if prune >= 0 else ''

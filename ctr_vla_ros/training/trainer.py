@@ -120,6 +120,18 @@ class Batch:
     earlier_rows: torch.Tensor | None = None  # the rows the earlier frames belong to (the others reuse nothing)
 
 
+def _move_into_place(temporary: Path, directory: Path) -> None:
+    """Replace `directory` by the finished `temporary` beside it: the old one is moved aside (`.old`) first and
+    removed last, so at every moment the directory is whole, or a `.tmp` or `.old` sibling says it is being
+    replaced (scripts/commit_products.sh waits for that)."""
+    previous = directory.with_name(directory.name + '.old')
+    shutil.rmtree(previous, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, previous)
+    os.replace(temporary, directory)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 class Trainer:
     """Prepares data, model and optimizer for `config` in `output`; `resume` continues from the saved state."""
 
@@ -364,8 +376,7 @@ class Trainer:
                             'init_checkpoint': self.config.init_checkpoint,
                             'ctr_aware': self.config.ctr_aware or None}},
                         shard_bytes=1 << 30)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(temporary, directory)
+        _move_into_place(temporary, directory)
 
     def write_history(self) -> None:
         (self.output / 'history.json').write_text(json.dumps(self.history))
@@ -407,17 +418,12 @@ class Trainer:
             self.publish(Path(self.config.publish))
 
     def publish(self, directory: Path) -> None:
-        """The best export into `directory`, and the loss history and curve into the results and the docs. Each is
-        written beside its place and moved in; meanwhile a `.tmp` or `.old` sibling exists, which
-        scripts/commit_products.sh waits out, so a commit never holds a half-published checkpoint."""
-        temporary, previous = directory.with_name(directory.name + '.tmp'), directory.with_name(directory.name + '.old')
+        """The best export into `directory`, and the loss history and curve into the results and the docs, each
+        written beside its place and moved in, so a commit never holds half of one."""
+        temporary = directory.with_name(directory.name + '.tmp')
         shutil.rmtree(temporary, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
         shutil.copytree(self.output / 'checkpoint-best', temporary)
-        if directory.exists():
-            os.replace(directory, previous)
-        os.replace(temporary, directory)
-        shutil.rmtree(previous, ignore_errors=True)
+        _move_into_place(temporary, directory)
         history = json.dumps({'config': dataclasses.asdict(self.config), 'steps_per_epoch': self.steps_per_epoch,
                               'best_step': self.step, 'best_validation': self.best_validation,
                               'history': self.history})
