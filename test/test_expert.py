@@ -103,16 +103,23 @@ def test_perturbed_execution_noise_pushes_and_gripper_segments():
 
 def test_perturbed_demonstration_labels_the_clean_actions_and_resumes(tmp_path):
     """The expert recovers from a push and a wrong gripper command; the file holds its clean actions as labels, what
-    the arm executed beside them, and the start; a second run records nothing."""
+    the arm executed beside them, and the start; two workers record two tasks, each into its own file; a second run
+    records nothing."""
     perturbation = Perturbation(action_noise=0.1, push_rate=0.02, gripper_rate=0.01)
     chosen = [Start('sampled', 10_000)]
-    episodes = record_demos.record([8], chosen, perturbation, tmp_path, resolution=128, max_steps=300)
-    assert [(episode.success, episode.segments >= 2) for episode in episodes] == [(True, True)]
-    with DemoFileReader(next(tmp_path.glob('*.hdf5'))) as reader:
+    episodes = record_demos.record([8, 7], chosen, perturbation, tmp_path, resolution=128, max_steps=300, workers=2)
+    assert [(episode.task_id, episode.success, episode.segments >= 2) for episode in episodes] == \
+        [(8, True, True), (7, True, True)]
+    files = {path.name: path for path in tmp_path.glob('*.hdf5')}
+    assert sorted(files) == ['put_the_bowl_on_the_plate_demo.hdf5', 'turn_on_the_stove_demo.hdf5']
+    with DemoFileReader(files['turn_on_the_stove_demo.hdf5']) as reader:
+        assert reader.instruction == 'turn on the stove' and len(reader.read('demo_0')) == episodes[1].steps
+    with DemoFileReader(files['put_the_bowl_on_the_plate_demo.hdf5']) as reader:
         demonstration = reader.read('demo_0')
     assert demonstration.start == 'sampled-10000' and len(demonstration) == episodes[0].steps
     assert json.loads(demonstration.perturbation) == perturbation.to_json()
     difference = demonstration.executed_actions - demonstration.actions
     assert 0.05 < difference[:, :6].std() < 0.3
     assert np.abs(np.diff(demonstration.actions[:, :6], axis=0)).max() <= 0.1 + 1e-9, 'the labels stay smooth'
-    assert record_demos.record([8], chosen, perturbation, tmp_path, resolution=128, max_steps=300) == []
+    assert record_demos.record([8, 7], chosen, perturbation, tmp_path, resolution=128, max_steps=300,
+                               workers=2) == []

@@ -1,14 +1,15 @@
 """Record LIBERO-Goal demonstrations with the scripted expert, in LIBERO's HDF5 layout, or measure its success.
 
     python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 0 39 --sampled-inits 10000 10079 \
-        --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003 --output demos/
+        --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003 --workers 2 --output demos/
     python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 40 49 --measure --action-noise 0.1
 
 One episode per (task, start): LIBERO's fixed initial states (`--init-states`) and placements drawn from the task's
 BDDL regions with a seed (`--sampled-inits`). Only successful episodes are written, each as soon as it ends, one
-file per task named like the official ones (`put_the_bowl_on_the_plate_demo.hdf5`). With perturbed execution
-(`--action-noise`, `--push-rate`, `--gripper-rate`, see `sim/perturbation.py`) the arm executes perturbed actions
-and the expert's clean ones are the labels, so the demonstrations show how to come back from a policy's errors.
+file per task named like the official ones (`put_the_bowl_on_the_plate_demo.hdf5`); `--workers N` records N tasks
+at once, one process each. With perturbed execution (`--action-noise`, `--push-rate`, `--gripper-rate`, see
+`sim/perturbation.py`) the arm executes perturbed actions and the expert's clean ones are the labels, so the
+demonstrations show how to come back from a policy's errors.
 A run is deterministic and resumable: demos already in a file are skipped, so a killed run continues where it
 stopped (a failed start is tried again: it fails again, deterministically). The starts reserved for evaluation
 (fixed states 40-49, seeds 0-9999) are never recorded; `--measure` runs any start without writing anything, and
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -105,23 +107,35 @@ def run_episode(simulation: LiberoSimulation, start: Start, perturbation: Pertur
 
 
 def record(task_ids: list[int], chosen: list[Start], perturbation: Perturbation, output: Path, resolution: int,
-           max_steps: int) -> list[Episode]:
-    """Record every (task, start) not in the output files yet; returns the episodes run."""
+           max_steps: int, workers: int = 1) -> list[Episode]:
+    """Record every (task, start) not in the output files yet; returns the episodes run (without their frames).
+    With several workers, each task is recorded by one worker process (one writer per file), so the files are the
+    same whatever the number of workers: an episode depends on its task and start alone."""
     check_training_starts(chosen)
+    jobs = [(task_id, chosen, perturbation, output, resolution, max_steps, position)
+            for position, task_id in enumerate(task_ids)]
+    if workers <= 1 or len(jobs) <= 1:
+        return [episode for job in jobs for episode in _record_task(*job)]
+    context = multiprocessing.get_context('spawn')  # a fresh process per worker: no inherited MuJoCo state
+    with context.Pool(min(workers, len(jobs))) as pool:
+        return [episode for episodes in pool.starmap(_record_task, jobs) for episode in episodes]
+
+
+def _record_task(task_id: int, chosen: list[Start], perturbation: Perturbation, output: Path, resolution: int,
+                 max_steps: int, position: int) -> list[Episode]:
+    """Record one task's starts that are not in its file yet, each demo written as soon as it ends."""
+    simulation = LiberoSimulation(SUITE, task_id, resolution=resolution)
     episodes = []
-    progress = tqdm(total=len(task_ids) * len(chosen), unit='demo')
-    for task_id in task_ids:
-        simulation = LiberoSimulation(SUITE, task_id, resolution=resolution)
-        try:
-            with open(simulation.bddl_file) as bddl:
-                writer = DemoFileWriter(output / demo_file_name(simulation.task_name), simulation.problem_info(),
-                                        bddl.read())
-            recorded = writer.starts()
-            progress.update(len(recorded & {start.key for start in chosen}))
+    try:
+        with open(simulation.bddl_file) as bddl:
+            writer = DemoFileWriter(output / demo_file_name(simulation.task_name), simulation.problem_info(),
+                                    bddl.read())
+        recorded = writer.starts()
+        with tqdm(total=len(chosen), initial=len(recorded & {start.key for start in chosen}), unit='demo',
+                  desc=f'task {task_id}', position=position) as progress:
             for start in chosen:
                 if start.key in recorded:
                     continue
-                progress.set_description(f'task {task_id} {start.key}')
                 episode = run_episode(simulation, start, perturbation, max_steps, keep_frames=True)
                 if episode.success:
                     name = writer.write(episode.demonstration)
@@ -131,9 +145,8 @@ def record(task_ids: list[int], chosen: list[Start], perturbation: Perturbation,
                     tqdm.write(f'{_outcome(episode)}, not written')
                 episodes.append(episode)
                 progress.update()
-        finally:
-            simulation.close()
-    progress.close()
+    finally:
+        simulation.close()
     return episodes
 
 
@@ -194,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f'probability per step of a push off the path ({defaults.push_steps} steps)')
     parser.add_argument('--gripper-rate', type=float, default=defaults.gripper_rate,
                         help=f'probability per step of a wrong gripper command ({defaults.gripper_steps} steps)')
+    parser.add_argument('--workers', type=int, default=1,
+                        help='processes recording in parallel, one task each (one per core)')
     parser.add_argument('--measure', action='store_true', help='only measure the success rate, write no demos')
     parser.add_argument('--report', type=Path, help='also write the per-task summary here as JSON')
     args = parser.parse_args(argv)
@@ -206,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.measure:
             episodes = measure(args.tasks, chosen, perturbation, args.max_steps)
         else:
-            episodes = record(args.tasks, chosen, perturbation, args.output, args.resolution, args.max_steps)
+            episodes = record(args.tasks, chosen, perturbation, args.output, args.resolution, args.max_steps,
+                              args.workers)
     except ValueError as error:
         parser.error(str(error))
     summary = summarize(episodes)
