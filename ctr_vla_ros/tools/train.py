@@ -7,7 +7,8 @@ ctr_vla_ros/training/trainer.py), from random weights or from an official-format
 
 The output directory receives `checkpoint/` (the latest export, loadable by ctr-vla-predict and the policy node with
 `--unnorm-key libero_goal_no_noops`), `checkpoint-best/`, `loss_curve.png`, `history.json` and `training_state.pt`.
-`--device cuda --dtype bf16` are written but untested (no GPU on the project's machines).
+`--dtype bf16` (autocast) is checked on the CPU; `--device cuda` is written but untested (no GPU on the project's
+machines).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, help=f'default {defaults.seed}')
     parser.add_argument('--unnorm-key', help=f'statistics key of the export, default {defaults.unnorm_key}')
     parser.add_argument('--device', help='cpu (default) or cuda (untested)')
-    parser.add_argument('--dtype', choices=('fp32', 'bf16'), help='fp32 (default) or bf16 autocast (untested)')
+    parser.add_argument('--dtype', choices=('fp32', 'bf16'), help='fp32 (default) or bf16 autocast')
     parser.add_argument('--ctr-aware', metavar='CONFIGURATION',
                         help='CTR-aware fine-tuning for this CTR configuration (a preset, an evaluation configuration '
                              'such as paper_pruned, or a parameter file)')
