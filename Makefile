@@ -79,6 +79,8 @@ DEMOS ?= demos
 DEMO_SAMPLED ?= 10000 10079
 DEMO_PERTURBATION ?= --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003
 DEMO_WORKERS ?= 2
+# Longest first, so that the workers (one task each at a time) finish together: task 4 records the most steps.
+DEMO_TASKS ?= 4 8 1 7
 TRAINING_RUN ?= training_runs/libero_goal_small
 TRAIN_ARGS ?= --arch small --epochs 2.5 --batch-size 8 --threads 2
 TRAINED_CHECKPOINT ?= models/libero_goal_small
@@ -87,9 +89,9 @@ EVAL_INIT_STATES ?= 40 49
 EVAL_SAMPLED ?= 0 39
 EVAL_WORKERS ?= 2
 demos: setup setup-sim
-	$(VENV_PYTHON) -m ctr_vla_ros.tools.record_demos --tasks $(TASKS) --init-states 0 39 \
-	    $(if $(DEMO_SAMPLED),--sampled-inits $(DEMO_SAMPLED)) $(DEMO_PERTURBATION) --workers $(DEMO_WORKERS) \
-	    --output $(DEMOS)
+	$(VENV_PYTHON) -m ctr_vla_ros.tools.record_demos --tasks $(DEMO_TASKS) --init-states 0 39 \
+	    $(if $(DEMO_SAMPLED),--sampled-inits $(DEMO_SAMPLED)) $(DEMO_PERTURBATION) \
+	    $(if $(DEMO_WORKERS),--workers $(DEMO_WORKERS)) --output $(DEMOS)
 
 # Two OpenMP threads that spin while the other core is busy are several times slower: wait passively.
 train: setup

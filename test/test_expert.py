@@ -2,6 +2,12 @@
 (`make setup-sim`; CI installs it)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,8 +118,13 @@ def test_perturbed_demonstration_labels_the_clean_actions_and_resumes(tmp_path):
         [(8, True, True), (7, True, True)]
     files = {path.name: path for path in tmp_path.glob('*.hdf5')}
     assert sorted(files) == ['put_the_bowl_on_the_plate_demo.hdf5', 'turn_on_the_stove_demo.hdf5']
-    with DemoFileReader(files['turn_on_the_stove_demo.hdf5']) as reader:
+    record_demos.record([7], chosen, perturbation, tmp_path / 'one_worker', resolution=128, max_steps=300)
+    with DemoFileReader(files['turn_on_the_stove_demo.hdf5']) as reader, \
+            DemoFileReader(tmp_path / 'one_worker' / 'turn_on_the_stove_demo.hdf5') as alone:
         assert reader.instruction == 'turn on the stove' and len(reader.read('demo_0')) == episodes[1].steps
+        parallel, sequential = reader.read('demo_0'), alone.read('demo_0')
+        for field in ('actions', 'executed_actions', 'states', 'agentview_rgb', 'eye_in_hand_rgb', 'ee_states'):
+            np.testing.assert_array_equal(getattr(parallel, field), getattr(sequential, field), err_msg=field)
     with DemoFileReader(files['put_the_bowl_on_the_plate_demo.hdf5']) as reader:
         demonstration = reader.read('demo_0')
     assert demonstration.start == 'sampled-10000' and len(demonstration) == episodes[0].steps
@@ -123,3 +134,42 @@ def test_perturbed_demonstration_labels_the_clean_actions_and_resumes(tmp_path):
     assert np.abs(np.diff(demonstration.actions[:, :6], axis=0)).max() <= 0.1 + 1e-9, 'the labels stay smooth'
     assert record_demos.record([8, 7], chosen, perturbation, tmp_path, resolution=128, max_steps=300,
                                workers=2) == []
+
+
+def _worker_pids(parent: int) -> set[int]:
+    """The multiprocessing workers among the children of `parent` (their command line runs spawn_main)."""
+    pids = set()
+    for entry in Path('/proc').iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / 'stat').read_text().rsplit(')', 1)[1].split()[1]) == parent \
+                    and b'spawn_main' in (entry / 'cmdline').read_bytes():
+                pids.add(int(entry.name))
+        except (OSError, ValueError, IndexError):  # the process ended while being read
+            continue
+    return pids
+
+
+def test_a_terminated_recording_stops_its_workers(tmp_path):
+    """SIGTERM to a recording with workers ends the workers with it, so none goes on writing beside a rerun."""
+    command = [sys.executable, '-m', 'ctr_vla_ros.tools.record_demos', '--tasks', '8', '7', '--sampled-inits',
+               '10000', '10000', '--workers', '2', '--output', str(tmp_path)]
+    recording = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _worker_pids(recording.pid)) < 2:  # both started (recording takes minutes)
+            assert recording.poll() is None and time.monotonic() < deadline, 'the workers did not start'
+            time.sleep(0.2)
+        recording.send_signal(signal.SIGTERM)
+        status = recording.wait(timeout=60)
+        # The recording ends only after its pool has terminated and joined the workers; an orphan would still be
+        # rendering its episode (tens of seconds).
+        assert not [pid for pid in workers if os.path.exists(f'/proc/{pid}')], 'workers outlived the recording'
+        assert status == 128 + signal.SIGTERM
+    finally:
+        recording.kill()
+        for pid in workers:  # a failed run leaves no orphan behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

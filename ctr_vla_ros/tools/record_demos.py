@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -112,18 +113,30 @@ def record(task_ids: list[int], chosen: list[Start], perturbation: Perturbation,
     With several workers, each task is recorded by one worker process (one writer per file), so the files are the
     same whatever the number of workers: an episode depends on its task and start alone."""
     check_training_starts(chosen)
+    if workers <= 1 or len(task_ids) <= 1:
+        return [episode for task_id in task_ids
+                for episode in _record_task(task_id, chosen, perturbation, output, resolution, max_steps, None)]
     jobs = [(task_id, chosen, perturbation, output, resolution, max_steps, position)
             for position, task_id in enumerate(task_ids)]
-    if workers <= 1 or len(jobs) <= 1:
-        return [episode for job in jobs for episode in _record_task(*job)]
     context = multiprocessing.get_context('spawn')  # a fresh process per worker: no inherited MuJoCo state
-    with context.Pool(min(workers, len(jobs))) as pool:
-        return [episode for episodes in pool.starmap(_record_task, jobs) for episode in episodes]
+    # A recording stopped with SIGTERM (kill, a job scheduler) stops its workers too, as Ctrl-C does: leaving the
+    # pool terminates them, where an orphaned worker would go on writing beside the next run.
+    previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with context.Pool(min(workers, len(jobs))) as pool:
+            return [episode for episodes in pool.starmap(_record_task, jobs) for episode in episodes]
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _exit_on_sigterm(signal_number: int, frame: object) -> None:
+    raise SystemExit(128 + signal_number)
 
 
 def _record_task(task_id: int, chosen: list[Start], perturbation: Perturbation, output: Path, resolution: int,
-                 max_steps: int, position: int) -> list[Episode]:
-    """Record one task's starts that are not in its file yet, each demo written as soon as it ends."""
+                 max_steps: int, position: int | None) -> list[Episode]:
+    """Record one task's starts that are not in its file yet, each demo written as soon as it ends. `position`: the
+    line of this task's progress bar among the workers' (None: a single bar)."""
     simulation = LiberoSimulation(SUITE, task_id, resolution=resolution)
     episodes = []
     try:
