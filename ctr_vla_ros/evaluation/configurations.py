@@ -27,6 +27,9 @@ CONFIGS: dict[str, CtrConfig] = {
     # that moves by half its range within a chunk.
     'fast_pruned_precise': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0, precise_speed=0.4,
                                                    precise_gripper_change=0.5),
+    # fast_pruned reuses 75-80% of the wrist camera during the lost releases: the same with at most 150 of an
+    # image's 256 patches reused (59%), between paper's cap (120) and none.
+    'fast_pruned_capped': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0, max_reuse_per_image=150),
 }
 FRAGILITY = 'fragility'
 FRAGILITY_OF = 'paper'  # the configuration whose deviation the fragility control reproduces
