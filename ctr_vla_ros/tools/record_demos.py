@@ -113,11 +113,11 @@ def record(task_ids: list[int], chosen: list[Start], perturbation: Perturbation,
     With several workers, each task is recorded by one worker process (one writer per file), so the files are the
     same whatever the number of workers: an episode depends on its task and start alone."""
     check_training_starts(chosen)
-    if workers <= 1 or len(task_ids) <= 1:
-        return [episode for task_id in task_ids
-                for episode in _record_task(task_id, chosen, perturbation, output, resolution, max_steps, None)]
-    jobs = [(task_id, chosen, perturbation, output, resolution, max_steps, position)
+    parallel = workers > 1 and len(task_ids) > 1
+    jobs = [(task_id, chosen, perturbation, output, resolution, max_steps, position if parallel else None)
             for position, task_id in enumerate(task_ids)]
+    if not parallel:
+        return [episode for job in jobs for episode in _record_task(*job)]
     context = multiprocessing.get_context('spawn')  # a fresh process per worker: no inherited MuJoCo state
     # A recording stopped with SIGTERM (kill, a job scheduler) stops its workers too, as Ctrl-C does: leaving the
     # pool terminates them, where an orphaned worker would go on writing beside the next run.
