@@ -79,6 +79,9 @@ DEMOS ?= demos
 DEMO_SAMPLED ?= 10000 10079
 DEMO_PERTURBATION ?= --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003
 DEMO_WORKERS ?= 2
+# The cameras render every 4th step (5 frames/s of the 20 Hz control): rendering is nearly all of a recorded step, and
+# neighbouring frames are nearly the same picture; every step's actions are kept, so each frame's chunk is whole.
+DEMO_FRAME_STRIDE ?= 4
 # Longest first, so that the workers (one task each at a time) finish together: task 4 records the most steps.
 DEMO_TASKS ?= 4 8 1 7
 TRAINING_RUN ?= training_runs/libero_goal_small
@@ -91,7 +94,7 @@ EVAL_WORKERS ?= 2
 demos: setup setup-sim
 	$(VENV_PYTHON) -m ctr_vla_ros.tools.record_demos --tasks $(DEMO_TASKS) --init-states 0 39 \
 	    $(if $(DEMO_SAMPLED),--sampled-inits $(DEMO_SAMPLED)) $(DEMO_PERTURBATION) \
-	    $(if $(DEMO_WORKERS),--workers $(DEMO_WORKERS)) --output $(DEMOS)
+	    $(if $(DEMO_WORKERS),--workers $(DEMO_WORKERS)) --frame-stride $(DEMO_FRAME_STRIDE) --output $(DEMOS)
 
 # Two OpenMP threads that spin while the other core is busy are several times slower: wait passively.
 train: setup

@@ -109,7 +109,8 @@ def test_perturbed_execution_noise_pushes_and_gripper_segments():
 
 def test_perturbed_demonstration_labels_the_clean_actions_and_resumes(tmp_path):
     """The expert recovers from a push and a wrong gripper command; the file holds its clean actions as labels, what
-    the arm executed beside them, and the start; two workers record two tasks, each into its own file; a second run
+    the arm executed beside them, and the start; two workers record two tasks, each into its own file, the same as
+    one worker's; rendering every 4th step only keeps those steps' frames and changes nothing else; a second run
     records nothing."""
     perturbation = Perturbation(action_noise=0.1, push_rate=0.02, gripper_rate=0.01)
     chosen = [Start('sampled', 10_000)]
@@ -125,6 +126,15 @@ def test_perturbed_demonstration_labels_the_clean_actions_and_resumes(tmp_path):
         parallel, sequential = reader.read('demo_0'), alone.read('demo_0')
         for field in ('actions', 'executed_actions', 'states', 'agentview_rgb', 'eye_in_hand_rgb', 'ee_states'):
             np.testing.assert_array_equal(getattr(parallel, field), getattr(sequential, field), err_msg=field)
+    record_demos.record([7], chosen, perturbation, tmp_path / 'strided', resolution=128, max_steps=300, frame_stride=4)
+    with DemoFileReader(tmp_path / 'strided' / 'turn_on_the_stove_demo.hdf5') as strided_file:
+        strided = strided_file.read('demo_0')
+    assert strided.frame_stride == 4 and len(strided) == len(sequential)
+    np.testing.assert_array_equal(strided.image_steps(), np.arange(0, len(sequential), 4))
+    for field in ('agentview_rgb', 'eye_in_hand_rgb'):
+        np.testing.assert_array_equal(getattr(strided, field), getattr(sequential, field)[::4], err_msg=field)
+    for field in ('actions', 'executed_actions', 'states', 'ee_states', 'gripper_states', 'joint_states'):
+        np.testing.assert_array_equal(getattr(strided, field), getattr(sequential, field), err_msg=field)
     with DemoFileReader(files['put_the_bowl_on_the_plate_demo.hdf5']) as reader:
         demonstration = reader.read('demo_0')
     assert demonstration.start == 'sampled-10000' and len(demonstration) == episodes[0].steps

@@ -285,7 +285,7 @@ def test_ctr_aware_batches_reuse_earlier_frames_of_the_same_episode(test_config,
     trainer.augment_generator.set_state(generator_state)
     assert torch.equal(reusing_rows(len(indices), 1.0, trainer.augment_generator), torch.arange(len(indices)))
     chunk = trainer.architecture.action.chunk_size
-    earlier = earlier_indices(indices, samples.episode_first, chunk, 2, trainer.augment_generator)
+    earlier = earlier_indices(indices, samples.episode_first, samples.step, chunk, 2, trainer.augment_generator)
     assert torch.all(earlier >= samples.episode_first[indices])
     assert torch.all((earlier == samples.episode_first[indices]) | ((indices - earlier) % chunk == 0))
     torch.testing.assert_close(batch.earlier_proprio, samples.proprio[earlier])

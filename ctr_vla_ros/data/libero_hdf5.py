@@ -15,8 +15,9 @@ regenerated ones (`put_the_bowl_on_the_plate_demo.hdf5`):
 The writer adds to each demo `start` (where it started: `fixed-N`, the task's recorded initial state N, or
 `sampled-S`, a placement drawn with seed S; files of earlier versions have `init_state_index` N instead) and, for
 demonstrations recorded with perturbed execution, `perturbation` (its settings as JSON) and `executed_actions`
-(T, 7), what the arm was commanded; `actions` are then the expert's clean actions, the labels. The reader depends on
-none of these: OpenVLA-OFT's regenerated files have none, so the instruction then comes from the file name, as their
+(T, 7), what the arm was commanded; `actions` are then the expert's clean actions, the labels. A demonstration whose
+cameras were rendered every k-th step only has `frame_stride` k: its two image datasets then hold the frames of steps
+0, k, 2k, ... (ceil(T / k) of them), everything else every step. The reader depends on none of these: OpenVLA-OFT's regenerated files have none, so the instruction then comes from the file name, as their
 converter takes it.
 """
 
@@ -53,9 +54,14 @@ class Demonstration:
     start: str | None = None  # where it started ('fixed-3', 'sampled-10000'), when known
     executed_actions: np.ndarray | None = None  # (T, 7) when the arm executed perturbed actions, not `actions`
     perturbation: str = ''  # the perturbation's settings as JSON, when perturbed
+    frame_stride: int = 1  # the images are those of steps 0, frame_stride, 2 * frame_stride, ...
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    def image_steps(self) -> np.ndarray:
+        """The steps whose camera images the demonstration holds, in the order of its image arrays."""
+        return np.arange(0, len(self), self.frame_stride)
 
 
 def demo_file_name(task_name: str) -> str:
@@ -98,6 +104,10 @@ class DemoFileWriter:
     def write(self, demonstration: Demonstration) -> str:
         """Add one demonstration as the next demo_N; returns its name."""
         length = len(demonstration)
+        for key in ('agentview_rgb', 'eye_in_hand_rgb'):
+            if len(getattr(demonstration, key)) != len(demonstration.image_steps()):
+                raise ValueError(f'{key} holds {len(getattr(demonstration, key))} frames; {length} steps with '
+                                 f'frame stride {demonstration.frame_stride} need {len(demonstration.image_steps())}')
         with _open_for_appending(self.path) as file:
             data = file['data']
             name = f'demo_{len(data)}'
@@ -126,6 +136,8 @@ class DemoFileWriter:
             if demonstration.executed_actions is not None:
                 demo.create_dataset('executed_actions', data=demonstration.executed_actions.astype(np.float64))
                 demo.attrs['perturbation'] = demonstration.perturbation
+            if demonstration.frame_stride != 1:
+                demo.attrs['frame_stride'] = demonstration.frame_stride
             demo.attrs['num_samples'] = length  # last: marks the demo complete
             _update_totals(data)
         return name
@@ -182,7 +194,7 @@ class DemoFileReader:
             **{key: obs[key][()] for key in OBSERVATION_KEYS}, model_file=demo.attrs.get('model_file', ''),
             start=_start(demo),
             executed_actions=demo['executed_actions'][()] if 'executed_actions' in demo else None,
-            perturbation=demo.attrs.get('perturbation', ''))
+            perturbation=demo.attrs.get('perturbation', ''), frame_stride=int(demo.attrs.get('frame_stride', 1)))
 
     def close(self) -> None:
         self.file.close()

@@ -83,11 +83,15 @@ def convert_demos(source: Path, output: Path, demo_indices: list[int] | None) ->
         for index in demo_indices if demo_indices is not None else range(len(reader)):
             demo = reader.read(reader.demo_names[index])
             # LIBERO renders upside down; the simulation node (and a real camera) publishes upright images.
-            frames = ((step * CONTROL_PERIOD, demo.agentview_rgb[step, ::-1, ::-1],
-                       demo.eye_in_hand_rgb[step, ::-1, ::-1],
-                       np.concatenate([demo.ee_states[step], demo.gripper_states[step]])) for step in range(len(demo)))
+            # A demonstration recorded with a frame stride has the frames of every stride-th step only (a divisor
+            # of the chunk): the cameras publish those, the query every chunk stays where it is.
+            frames = ((step * CONTROL_PERIOD, demo.agentview_rgb[frame, ::-1, ::-1],
+                       demo.eye_in_hand_rgb[frame, ::-1, ::-1],
+                       np.concatenate([demo.ee_states[step], demo.gripper_states[step]]))
+                      for frame, step in enumerate(demo.image_steps()))
             paths.append(write_episode(output / f'{source.stem}_{index}.mcap', reader.instruction, frames,
-                                       DEMO_QUERY_EVERY, f'{source}:{reader.demo_names[index]}'))
+                                       max(1, DEMO_QUERY_EVERY // demo.frame_stride),
+                                       f'{source}:{reader.demo_names[index]}'))
     return paths
 
 

@@ -9,7 +9,10 @@ BDDL regions with a seed (`--sampled-inits`). Only successful episodes are writt
 file per task named like the official ones (`put_the_bowl_on_the_plate_demo.hdf5`); `--workers N` records N tasks
 at once, one process each. With perturbed execution (`--action-noise`, `--push-rate`, `--gripper-rate`, see
 `sim/perturbation.py`) the arm executes perturbed actions and the expert's clean ones are the labels, so the
-demonstrations show how to come back from a policy's errors.
+demonstrations show how to come back from a policy's errors. `--frame-stride K` renders the cameras every K-th step
+only (the expert needs no images, and rendering is nearly all of a recorded step's cost on a CPU): the files then
+hold the frames of steps 0, K, 2K, ... beside every step's actions and states, the frames that a recording of every
+step would hold at those steps.
 A run is deterministic and resumable: demos already in a file are skipped, so a killed run continues where it
 stopped (a failed start is tried again: it fails again, deterministically). The starts reserved for evaluation
 (fixed states 40-49, seeds 0-9999) are never recorded; `--measure` runs any start without writing anything, and
@@ -37,6 +40,7 @@ from ctr_vla_ros.sim.perturbation import PerturbedExecution, Perturbation
 
 SUITE = 'libero_goal'
 MAX_STEPS = 300  # OpenVLA-OFT's episode limit for LIBERO-Goal
+FRAME_STRIDES = (1, 2, 4, 8)  # the divisors of the release's 8-step action chunk
 
 
 @dataclasses.dataclass
@@ -50,11 +54,13 @@ class Episode:
 
 
 class _Frames:
-    """Per-step columns of a demonstration, taken before each action as LIBERO's datasets do."""
+    """Per-step columns of a demonstration, taken before each action as LIBERO's datasets do; the cameras' columns
+    only at the steps whose frames were rendered."""
 
-    def __init__(self) -> None:
+    def __init__(self, frame_stride: int) -> None:
+        self.frame_stride = frame_stride
         self.columns: dict[str, list[np.ndarray]] = {field.name: [] for field in dataclasses.fields(Demonstration)
-                                                     if field.name not in ('model_file', 'start', 'perturbation')}
+                                                     if field.name not in ('model_file', 'start', 'perturbation', 'frame_stride')}
 
     def add(self, observation: Observation, state: np.ndarray, action: np.ndarray, executed: np.ndarray) -> None:
         quaternion = observation.eef_quaternion_xyzw
@@ -62,8 +68,9 @@ class _Frames:
         columns['actions'].append(action)
         columns['executed_actions'].append(executed)
         # LiberoSimulation turns LIBERO's images upright; the datasets keep them as rendered, upside down.
-        columns['agentview_rgb'].append(observation.primary[::-1, ::-1])
-        columns['eye_in_hand_rgb'].append(observation.wrist[::-1, ::-1])
+        if observation.primary is not None:
+            columns['agentview_rgb'].append(observation.primary[::-1, ::-1])
+            columns['eye_in_hand_rgb'].append(observation.wrist[::-1, ::-1])
         columns['ee_states'].append(np.concatenate([observation.eef_position, quaternion_to_axis_angle(quaternion)]))
         columns['gripper_states'].append(observation.gripper_positions)
         columns['joint_states'].append(observation.joint_positions)
@@ -76,7 +83,8 @@ class _Frames:
         if not perturbation.active:  # the executed actions are the labels
             del columns['executed_actions']
         return Demonstration(**columns, model_file=model_file, start=start.key,
-                             perturbation=json.dumps(perturbation.to_json()) if perturbation.active else '')
+                             perturbation=json.dumps(perturbation.to_json()) if perturbation.active else '',
+                             frame_stride=self.frame_stride)
 
 
 def episode_generator(task_id: int, start: Start) -> np.random.Generator:
@@ -85,13 +93,14 @@ def episode_generator(task_id: int, start: Start) -> np.random.Generator:
 
 
 def run_episode(simulation: LiberoSimulation, start: Start, perturbation: Perturbation, max_steps: int,
-                keep_frames: bool) -> Episode:
+                keep_frames: bool, frame_stride: int = 1) -> Episode:
     """The expert from one start until the task succeeds or `max_steps` pass. Seeded with the start alone, so the
-    episode is the same whatever ran before it. Without frames to keep, nothing is rendered."""
+    episode is the same whatever ran before it. The cameras render every `frame_stride`-th step; without frames to
+    keep, never."""
     observation = start.reset(simulation)
     expert = LiberoGoalExpert(simulation)
     execution = PerturbedExecution(perturbation, episode_generator(simulation.task_id, start))
-    frames = _Frames() if keep_frames else None
+    frames = _Frames(frame_stride) if keep_frames else None
     segments = 0
     for step in range(max_steps):
         action = expert.act(observation)
@@ -99,7 +108,7 @@ def run_episode(simulation: LiberoSimulation, start: Start, perturbation: Pertur
         segments += execution.segment_started
         if frames is not None:
             frames.add(observation, simulation.sim_state(), action, executed)
-        observation = simulation.step(executed, render=keep_frames)
+        observation = simulation.step(executed, render=keep_frames and (step + 1) % frame_stride == 0)
         if observation.success:
             demonstration = (frames.demonstration(simulation.model_xml(), start, perturbation)
                              if frames is not None else None)
@@ -108,13 +117,13 @@ def run_episode(simulation: LiberoSimulation, start: Start, perturbation: Pertur
 
 
 def record(task_ids: list[int], chosen: list[Start], perturbation: Perturbation, output: Path, resolution: int,
-           max_steps: int, workers: int = 1) -> list[Episode]:
+           max_steps: int, workers: int = 1, frame_stride: int = 1) -> list[Episode]:
     """Record every (task, start) not in the output files yet; returns the episodes run (without their frames).
     With several workers, each task is recorded by one worker process (one writer per file), so the files are the
     same whatever the number of workers: an episode depends on its task and start alone."""
     check_training_starts(chosen)
     parallel = workers > 1 and len(task_ids) > 1
-    jobs = [(task_id, chosen, perturbation, output, resolution, max_steps, position if parallel else None)
+    jobs = [(task_id, chosen, perturbation, output, resolution, max_steps, frame_stride, position if parallel else None)
             for position, task_id in enumerate(task_ids)]
     if not parallel:
         return [episode for job in jobs for episode in _record_task(*job)]
@@ -134,7 +143,7 @@ def _exit_on_sigterm(signal_number: int, frame: object) -> None:
 
 
 def _record_task(task_id: int, chosen: list[Start], perturbation: Perturbation, output: Path, resolution: int,
-                 max_steps: int, position: int | None) -> list[Episode]:
+                 max_steps: int, frame_stride: int, position: int | None) -> list[Episode]:
     """Record one task's starts that are not in its file yet, each demo written as soon as it ends. `position`: the
     line of this task's progress bar among the workers' (None: a single bar)."""
     simulation = LiberoSimulation(SUITE, task_id, resolution=resolution)
@@ -149,7 +158,8 @@ def _record_task(task_id: int, chosen: list[Start], perturbation: Perturbation, 
             for start in chosen:
                 if start.key in recorded:
                     continue
-                episode = run_episode(simulation, start, perturbation, max_steps, keep_frames=True)
+                episode = run_episode(simulation, start, perturbation, max_steps, keep_frames=True,
+                                      frame_stride=frame_stride)
                 if episode.success:
                     name = writer.write(episode.demonstration)
                     episode.demonstration = None  # written: free the frames
@@ -212,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--output', type=Path, default=Path('demos'), help='directory of the HDF5 files')
     parser.add_argument('--resolution', type=int, choices=(128, 256), default=128,
                         help="camera images (LIBERO's datasets: 128; OpenVLA-OFT's regenerated ones: 256)")
+    parser.add_argument('--frame-stride', type=int, choices=FRAME_STRIDES, default=1,
+                        help='render the cameras every K-th step only (a divisor of the 8-step action chunk, so '
+                             'that frames one chunk apart are both in the file)')
     parser.add_argument('--max-steps', type=int, default=MAX_STEPS)
     defaults = Perturbation()
     parser.add_argument('--action-noise', type=float, default=defaults.action_noise,
@@ -235,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
             episodes = measure(args.tasks, chosen, perturbation, args.max_steps)
         else:
             episodes = record(args.tasks, chosen, perturbation, args.output, args.resolution, args.max_steps,
-                              args.workers)
+                              args.workers, args.frame_stride)
     except ValueError as error:
         parser.error(str(error))
     summary = summarize(episodes)

@@ -46,12 +46,16 @@ def reusing_rows(batch: int, share: float, generator: torch.Generator) -> torch.
     return (torch.rand(batch, generator=generator) < share).nonzero().flatten()
 
 
-def earlier_indices(indices: torch.Tensor, episode_first: torch.Tensor, chunk_size: int, queries_back: int,
-                    generator: torch.Generator) -> torch.Tensor:
-    """For each sample, a sample of the same episode 1..queries_back chunks earlier (the episode's first if that is
-    before it starts)."""
+def earlier_indices(indices: torch.Tensor, episode_first: torch.Tensor, step: torch.Tensor, chunk_size: int,
+                    queries_back: int, generator: torch.Generator) -> torch.Tensor:
+    """For each sample, the sample of the same episode 1..queries_back chunks (of steps) earlier: the last one at or
+    before that step (samples may skip steps), the episode's first if that is before it starts. Samples are in
+    episode order, then step order."""
     back = torch.randint(1, queries_back + 1, (len(indices),), generator=generator) * chunk_size
-    return torch.maximum(indices - back, episode_first[indices])
+    span = int(step.max()) + 1
+    keys = episode_first * span + step  # increasing over the whole sample set
+    wanted = episode_first[indices] * span + torch.clamp(step[indices] - back, min=0)
+    return torch.maximum(torch.searchsorted(keys, wanted, right=True) - 1, episode_first[indices])
 
 
 def reuse_masks(current: torch.Tensor, earlier: torch.Tensor, config: CtrConfig,

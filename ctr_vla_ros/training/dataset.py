@@ -1,6 +1,7 @@
 """LIBERO demonstrations as OpenVLA-OFT training samples, prepared exactly as serving prepares a query.
 
-One sample is one timestep of one demonstration: its two camera images, its 8-D proprio state (end-effector position
+One sample is one timestep of one demonstration that has camera images (every timestep, or every k-th of a
+demonstration recorded with frame stride k): its two camera images, its 8-D proprio state (end-effector position
 and axis-angle, two gripper finger positions) and the chunk of the next `chunk_size` actions, padded with the
 episode's last action at its end, as the release's data pipeline does. As in the release's "no_noops" LIBERO
 datasets, a timestep whose action does not move the arm (translation and rotation norm below 1e-4) and repeats the
@@ -37,12 +38,14 @@ NOOP_THRESHOLD = 1e-4  # the release's no-op test on the norm of the 6 arm actio
 
 @dataclasses.dataclass
 class Episode:
-    """One demonstration with its no-op steps removed and its gripper action in the OpenVLA-OFT convention."""
+    """One demonstration with its no-op steps removed and its gripper action in the OpenVLA-OFT convention; its
+    samples are the kept steps that have images."""
 
     instruction: str
-    images: np.ndarray  # (T, num_images, H, W, 3) uint8 as stored (upside down), model order: agentview, wrist
+    images: np.ndarray  # (N, num_images, H, W, 3) uint8 as stored (upside down), model order: agentview, wrist
     proprio: np.ndarray  # (T, 8): ee position (3), ee axis-angle (3), gripper finger positions (2)
     actions: np.ndarray  # (T, 7): delta position, delta axis-angle, gripper (1 = open, 0 = close)
+    sample_steps: np.ndarray  # (N,) int64: the kept steps (indices into `actions`) that `images` show
 
 
 def noop_steps(actions: np.ndarray) -> np.ndarray:
@@ -70,8 +73,11 @@ def make_episode(instruction: str, demonstration: Demonstration) -> Episode:
     actions = demonstration.actions[keep].astype(np.float64)
     actions[:, -1] = gripper_to_open_is_one(actions[:, -1])
     proprio = np.concatenate([demonstration.ee_states, demonstration.gripper_states], axis=1)[keep]
-    images = np.stack([demonstration.agentview_rgb[keep], demonstration.eye_in_hand_rgb[keep]], axis=1)
-    return Episode(instruction, images, proprio.astype(np.float64), actions)
+    image_steps = demonstration.image_steps()
+    kept_frames = keep[image_steps]
+    images = np.stack([demonstration.agentview_rgb[kept_frames], demonstration.eye_in_hand_rgb[kept_frames]], axis=1)
+    kept_index = np.cumsum(keep) - 1  # a kept step's index among the kept steps
+    return Episode(instruction, images, proprio.astype(np.float64), actions, kept_index[image_steps[kept_frames]])
 
 
 def episodes_from_files(paths: Sequence[str | Path]) -> list[Episode]:
@@ -141,12 +147,13 @@ class SampleSet:
     instructions: list[str]
     center_crop: bool  # the serving path's crop (validation), or none (training, where the augmentation crops)
     episode_first: torch.Tensor | None = None  # (N,) int64: the index of each sample's episode's first sample
+    step: torch.Tensor | None = None  # (N,) int64: each sample's step in its episode (no-ops not counted)
 
     def __len__(self) -> int:
         return len(self.actions)
 
     def subset(self, indices: torch.Tensor) -> SampleSet:
-        """These samples, without their episodes (a subset keeps no `episode_first`)."""
+        """These samples, without their episodes (a subset keeps no `episode_first` and `step`)."""
         return SampleSet(self.images[indices.numpy()], self.proprio[indices], self.actions[indices],
                          self.instruction_index[indices], self.instructions, self.center_crop)
 
@@ -160,17 +167,18 @@ class SampleSet:
 
 def build_samples(episodes: Sequence[Episode], statistics: dict[str, Any], instructions: Sequence[str],
                   chunk_size: int, center_crop: bool) -> SampleSet:
-    """Every timestep of these episodes. center_crop: the serving path's crop (validation), or none (training,
+    """Every sample of these episodes. center_crop: the serving path's crop (validation), or none (training,
     where the augmentation crops)."""
-    proprio = [normalize_proprio(episode.proprio, statistics['proprio']) for episode in episodes]
-    actions = [normalize_actions(action_chunks(episode.actions, chunk_size), statistics['action'])
-               for episode in episodes]
-    instruction_index = [np.full(len(episode.actions), instructions.index(episode.instruction))
+    proprio = [normalize_proprio(episode.proprio[episode.sample_steps], statistics['proprio']) for episode in episodes]
+    actions = [normalize_actions(action_chunks(episode.actions, chunk_size)[episode.sample_steps],
+                                 statistics['action']) for episode in episodes]
+    instruction_index = [np.full(len(episode.sample_steps), instructions.index(episode.instruction))
                          for episode in episodes]
-    lengths = np.array([len(episode.actions) for episode in episodes])
+    lengths = np.array([len(episode.sample_steps) for episode in episodes])
     firsts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return SampleSet(np.concatenate([episode.images for episode in episodes]),
                      torch.from_numpy(np.concatenate(proprio)).float(),
                      torch.from_numpy(np.concatenate(actions)).float(),
                      torch.from_numpy(np.concatenate(instruction_index)).long(), list(instructions), center_crop,
-                     torch.from_numpy(firsts).long())
+                     torch.from_numpy(firsts).long(),
+                     torch.from_numpy(np.concatenate([episode.sample_steps for episode in episodes])).long())

@@ -276,8 +276,9 @@ class Trainer:
             reusing_rows(len(indices), self.ctr_aware.share, self.augment_generator)
         if len(rows) == 0:
             return Batch(pixels(augmented(images, frames=1)), proprio, prompts, target)
-        earlier = earlier_indices(indices[rows], samples.episode_first, self.architecture.action.chunk_size,
-                                  self.ctr_aware.queries_back, self.augment_generator)
+        earlier = earlier_indices(indices[rows], samples.episode_first, samples.step,
+                                  self.architecture.action.chunk_size, self.ctr_aware.queries_back,
+                                  self.augment_generator)
         pairs = augmented(torch.stack([images[rows], samples.model_images(earlier)], dim=2), frames=2)
         others = torch.ones(len(indices), dtype=torch.bool)
         others[rows] = False
