@@ -18,7 +18,7 @@ from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.model.flops import count_step_flops
 from ctr_vla_ros.model.config import ActionLayout, LlmConfig, ModelArchitecture, VisionTowerConfig
 from ctr_vla_ros.model.openvla_oft import BatchReuse, OpenVlaOft
-from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS, unnormalize_actions
+from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS, normalize_proprio, unnormalize_actions
 from ctr_vla_ros.model.preprocess import center_crop
 from ctr_vla_ros.model.random_checkpoint import random_state_dict
 from ctr_vla_ros.policy import VlaPolicy
@@ -26,8 +26,8 @@ from ctr_vla_ros.tools.train import main
 from ctr_vla_ros.training.architectures import PRESETS
 from ctr_vla_ros.training.augment import augment_images, crop_and_resize
 from ctr_vla_ros.training.ctr_aware import earlier_indices, reusing_rows
-from ctr_vla_ros.training.dataset import (action_chunks, dataset_statistics, episodes_from_files, make_episode,
-                                          noop_steps, normalize_actions, split_episodes)
+from ctr_vla_ros.training.dataset import (action_chunks, build_samples, dataset_statistics, episodes_from_files,
+                                          make_episode, noop_steps, normalize_actions, split_episodes)
 from ctr_vla_ros.training.trainer import STEP_PHASES, Trainer, TrainingConfig
 
 SPACE_ID, STOP_ID = 29871, 2
@@ -148,6 +148,41 @@ def test_noops_gripper_convention_chunks_and_statistics_by_hand():
                                                    statistics['action'])[:, :, 1],
                                np.clip(chunks[:, :, 1], statistics['action']['q01'][1],
                                        statistics['action']['q99'][1]), atol=1e-7)
+
+
+def test_a_demonstration_with_a_frame_stride_gives_samples_at_its_kept_framed_steps(tmp_path):
+    """Frames at steps 0, 2, 4, 6 of 7; steps 0 and 3 are no-ops: the samples are steps 2, 4 and 6, the kept steps
+    1, 2 and 4, each with its own frame, state and chunk; one chunk (2 steps) back from a sample is the last sample
+    at or before that step."""
+    actions = np.tile([[0.1, 0, 0, 0, 0, 0, -1]], (7, 1))
+    actions[:, 1] = np.arange(7)  # each step's action tells its step
+    actions[[0, 3], :6] = 0.0
+    frames = np.arange(0, 7, 2, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
+    states = np.arange(7 * 6, dtype=float).reshape(7, 6)
+    stored = Demonstration(actions=actions, agentview_rgb=frames, eye_in_hand_rgb=frames + 100, ee_states=states,
+                           gripper_states=np.zeros((7, 2)), joint_states=np.zeros((7, 7)),
+                           robot_states=np.zeros((7, 9)), states=np.zeros((7, 10)), frame_stride=2)
+    path = tmp_path / 'strided.hdf5'
+    DemoFileWriter(path, {'language_instruction': 'task'}).write(stored)
+    with pytest.raises(ValueError, match='frame stride 1 need 7'):
+        DemoFileWriter(path, {'language_instruction': 'task'}).write(dataclasses.replace(stored, frame_stride=1))
+    [episode] = episodes_from_files([path])
+    np.testing.assert_array_equal(episode.actions[:, 1], [1, 2, 4, 5, 6])
+    np.testing.assert_array_equal(episode.sample_steps, [1, 2, 4])
+    np.testing.assert_array_equal(episode.images[:, 0, 0, 0, 0], [2, 4, 6])
+    np.testing.assert_array_equal(episode.images[:, 1, 0, 0, 0], [102, 104, 106])
+    statistics = dataset_statistics([episode])
+    samples = build_samples([episode, episode], statistics, ['task'], chunk_size=2, center_crop=True)
+    assert len(samples) == 6
+    np.testing.assert_array_equal(samples.step, [1, 2, 4, 1, 2, 4])
+    np.testing.assert_array_equal(samples.episode_first, [0, 0, 0, 3, 3, 3])
+    chunks = normalize_actions(action_chunks(episode.actions, 2), statistics['action'])
+    np.testing.assert_allclose(samples.actions[:3], chunks[[1, 2, 4]], atol=1e-6)
+    np.testing.assert_allclose(samples.proprio[:3, :6],
+                               normalize_proprio(episode.proprio, statistics['proprio'])[[1, 2, 4], :6], atol=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    earlier = earlier_indices(torch.tensor([0, 1, 2, 3, 4, 5]), samples.episode_first, samples.step, 2, 1, generator)
+    np.testing.assert_array_equal(earlier, [0, 0, 1, 3, 3, 4])  # steps 1, 2, 4 -> at or before -1, 0, 2
 
 
 def test_files_read_in_order_and_validation_holds_out_whole_demos(libero_files):
