@@ -15,6 +15,7 @@ from ctr_vla_ros.control.chunk_execution import DeltaLimits
 from ctr_vla_ros.control.robot_state import axis_angle_to_quaternion, quaternion_multiply
 from ctr_vla_ros.control.trajectory import predicted_path
 from ctr_vla_ros.ctr.config import PRESETS, CtrConfig
+from ctr_vla_ros.data.libero_hdf5 import DemoFileWriter, Demonstration
 from ctr_vla_ros.model.checkpoint import load_checkpoint
 from ctr_vla_ros.policy import VlaPolicy
 from ctr_vla_ros.recording.mcap_writer import RecordingLimits, RecordingWriter
@@ -86,6 +87,31 @@ def test_writer_rotates_by_size_and_duration_and_keeps_the_newest_files(tmp_path
         with open(path, 'rb') as stream:
             summary = make_reader(stream).get_summary()
         assert summary.schemas[1].encoding == 'ros2msg' and summary.channels[1].message_encoding == 'cdr'
+
+
+def test_a_demonstration_with_a_frame_stride_converts_to_a_query_every_chunk(tmp_path):
+    """17 steps with frames at steps 0, 4, ..., 16: the cameras publish those 5 frames upright, and the queries are
+    still every 8 steps, at steps 0, 8 and 16, each with its step's state."""
+    generator = np.random.default_rng(0)
+    frames = generator.integers(0, 256, (2, 5, 16, 16, 3), dtype=np.uint8)
+    ee_states = generator.normal(size=(17, 6))
+    gripper_states = generator.normal(size=(17, 2))
+    demonstration = Demonstration(actions=np.zeros((17, 7)), agentview_rgb=frames[0], eye_in_hand_rgb=frames[1],
+                                  ee_states=ee_states, gripper_states=gripper_states, joint_states=np.zeros((17, 7)),
+                                  robot_states=np.zeros((17, 9)), states=np.zeros((17, 4)), frame_stride=4)
+    source = tmp_path / 'turn_on_the_stove_demo.hdf5'
+    DemoFileWriter(source, {'language_instruction': 'turn on the stove'}).write(demonstration)
+    [path] = convert_to_mcap.convert_demos(source, tmp_path / 'recordings', None)
+    recording = open_recording([path])
+    assert recording.message_counts['/camera/primary/image_raw'] == 5
+    assert recording.metadata[RECORDING_METADATA]['query_every'] == 2
+    queries = list(recorded_queries(recording))
+    assert [query.timestamp for query in queries] == pytest.approx([0.0, 0.4, 0.8])
+    for query, frame, step in zip(queries, (0, 2, 4), (0, 8, 16)):
+        np.testing.assert_array_equal(query.images[0], frames[0, frame, ::-1, ::-1])
+        np.testing.assert_array_equal(query.images[1], frames[1, frame, ::-1, ::-1])
+        np.testing.assert_array_equal(query.state, np.concatenate([ee_states[step], gripper_states[step]]))
+        assert query.instruction == 'turn on the stove'
 
 
 def test_a_converted_sequence_replays_as_its_queries(converted, libero_sequence):
