@@ -22,7 +22,7 @@ from ctr_vla_ros.model.normalization import GRIPPER_CONVENTIONS, normalize_propr
 from ctr_vla_ros.model.preprocess import center_crop
 from ctr_vla_ros.model.random_checkpoint import random_state_dict
 from ctr_vla_ros.policy import VlaPolicy
-from ctr_vla_ros.tools.train import main
+from ctr_vla_ros.tools.train import cpu_computes_bf16, main
 from ctr_vla_ros.training.architectures import PRESETS
 from ctr_vla_ros.training.augment import augment_images, crop_and_resize
 from ctr_vla_ros.training.ctr_aware import earlier_indices, reusing_rows
@@ -242,6 +242,21 @@ def test_a_profiled_step_is_a_training_step_with_its_phases_timed(test_config, t
     assert profiled.history['train'] == plain.history['train'], 'timing changes nothing the step computes'
 
 
+def test_bf16_arithmetic_is_read_from_the_cpu_flags(tmp_path):
+    """bf16 autocast is emulated, and several times slower than fp32, on a CPU without AVX512-BF16 or AMX."""
+    def cpuinfo(flags: str) -> Path:
+        path = tmp_path / f'cpuinfo_{len(list(tmp_path.iterdir()))}'
+        path.write_text(f'processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\n')
+        return path
+    assert cpu_computes_bf16(cpuinfo('fpu sse2 avx avx2 fma avx512f avx512_bf16')) is True
+    assert cpu_computes_bf16(cpuinfo('fpu sse2 avx avx2 amx_tile amx_bf16')) is True
+    assert cpu_computes_bf16(cpuinfo('fpu sse2 avx avx2 fma avx512f avx512bw')) is False
+    assert cpu_computes_bf16(tmp_path / 'absent') is None
+    no_flags = tmp_path / 'no_flags'
+    no_flags.write_text('processor\t: 0\nmodel name\t: test\n')
+    assert cpu_computes_bf16(no_flags) is None
+
+
 # Every patch static, 100 kept fresh by the previous query's attention: a partial mask on any input.
 LLM_REUSE = CtrConfig(top_k=100, difference_threshold=1.0, max_reuse_per_image=0, vision_reuse=False)
 
@@ -360,9 +375,11 @@ def test_resumed_run_equals_uninterrupted_run(test_config, tmp_path):
 
     assert resumed.history['train'] == uninterrupted.history['train']
     assert resumed.history['validation'] == uninterrupted.history['validation']
-    for (name, expected), actual in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values(),
-                                        strict=True):
-        assert torch.equal(expected, actual), name
+    for model in ('model', 'exported_model'):
+        expected_state = getattr(uninterrupted, model).state_dict()
+        for (name, expected), actual in zip(expected_state.items(), getattr(resumed, model).state_dict().values(),
+                                            strict=True):
+            assert torch.equal(expected, actual), (model, name)
     with pytest.raises(ValueError, match='batch_size'):
         Trainer(dataclasses.replace(test_config, batch_size=2), tmp_path / 'resumed', resume=True)
 
@@ -386,14 +403,37 @@ def test_export_loads_and_predicts_what_the_trained_model_predicts(test_config, 
                                   trainer.validation_samples.model_images(torch.tensor([0]))[0].numpy())
     torch.testing.assert_close(query.normalized_proprio, trainer.validation_samples.proprio[0])
 
-    trainer.model.eval()
+    trainer.exported_model.eval()
     batch = trainer.model_inputs(trainer.validation_samples, torch.tensor([0]), augment=False)
-    in_memory = trainer.model(batch.pixels[0], batch.proprio[0], batch.prompts[0], trainer.tokens.space_id,
+    in_memory = trainer.exported_model(batch.pixels[0], batch.proprio[0], batch.prompts[0], trainer.tokens.space_id,
                               trainer.tokens.stop_id)
     prediction = policy.predict(*raw_inputs)
     np.testing.assert_allclose(prediction.normalized_actions, in_memory.double().numpy(), rtol=0, atol=1e-5)
     gripper_commands = GRIPPER_CONVENTIONS['open_is_one'](prediction.actions[:, 6])
     assert set(np.unique(gripper_commands)) <= {-1.0, 1.0}
+
+
+@pytest.mark.parametrize('decay', [0.0, 0.5])
+def test_exports_hold_the_moving_average_of_the_weights(test_config, tmp_path, decay):
+    """Step n (from 1) moves the average towards the new weights by 1 - min(decay, n / (n + 9)); the first copies
+    them. Decay 0 exports the last weights."""
+    trainer = Trainer(dataclasses.replace(test_config, steps=3, ema_decay=decay), tmp_path / 'run')
+    expected = None
+    for step in range(1, 4):
+        trainer.train_step()
+        weights = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+        weight = 1.0 if expected is None else 1 - min(decay, step / (step + 9))
+        expected = weights if expected is None else \
+            {name: expected[name] + weight * (weights[name] - expected[name]) for name in weights}
+    if decay == 0:
+        expected = weights
+    trainer.export(tmp_path / 'export')
+    exported = load_checkpoint(tmp_path / 'export').model.state_dict()
+    assert exported.keys() == weights.keys()
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-7)
+    if decay:  # the average is not the last weights
+        assert any(not torch.allclose(exported[name], weights[name]) for name in weights)
 
 
 def test_every_new_best_export_is_published_with_its_history(test_config, tmp_path, monkeypatch):

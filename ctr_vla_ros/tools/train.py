@@ -7,8 +7,9 @@ ctr_vla_ros/training/trainer.py), from random weights or from an official-format
 
 The output directory receives `checkpoint/` (the latest export, loadable by ctr-vla-predict and the policy node with
 `--unnorm-key libero_goal_no_noops`), `checkpoint-best/`, `loss_curve.png`, `history.json` and `training_state.pt`.
-`--dtype bf16` (autocast) is checked on the CPU; `--device cuda` is written but untested (no GPU on the project's
-machines).
+`--dtype bf16` (autocast) is checked on the CPU; it pays only where the CPU computes in bf16 (AVX512-BF16 or AMX):
+elsewhere it is emulated and several times slower than fp32 (README), and the tool says so. `--device cuda` is written
+but untested (no GPU on the project's machines).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                                                                        f'{defaults.learning_rate}')
     parser.add_argument('--weight-decay', type=float, help=f'AdamW, default {defaults.weight_decay}')
     parser.add_argument('--warmup-fraction', type=float, help=f'default {defaults.warmup_fraction}')
+    parser.add_argument('--ema-decay', type=float,
+                        help=f'decay of the weights\' moving average that validation and exports use (0: the last '
+                             f'weights), default {defaults.ema_decay}')
     parser.add_argument('--validation-fraction', type=float,
                         help=f'demonstrations held out per instruction, default {defaults.validation_fraction}')
     parser.add_argument('--validation-interval', type=int,
@@ -91,6 +95,15 @@ def config_from_arguments(arguments: argparse.Namespace) -> TrainingConfig:
     return TrainingConfig(**{**saved, **given})
 
 
+def cpu_computes_bf16(cpuinfo: Path = Path('/proc/cpuinfo')) -> bool | None:
+    """Whether the CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16); None where its flags cannot be read."""
+    try:
+        flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith('flags')).split()
+    except (OSError, StopIteration):
+        return None
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     if arguments.threads:
@@ -101,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # CheckpointError and ArchitectureError are ValueErrors
         print(f'ctr-vla-train: {error}', file=sys.stderr)
         return 2
+    if config.dtype == 'bf16' and config.device == 'cpu' and cpu_computes_bf16() is False:
+        print('ctr-vla-train: warning: this CPU has no bf16 arithmetic (neither AVX512-BF16 nor AMX): bf16 autocast '
+              'is emulated here and several times slower than --dtype fp32', file=sys.stderr)
     print(f'{len(trainer.training_samples)} training samples ({trainer.steps_per_epoch} batches per epoch), '
           f'{len(trainer.validation_samples) if trainer.validation_samples else 0} validation samples; '
           f'{sum(parameter.numel() for parameter in trainer.model.parameters()) / 1e6:.2f} M parameters; '

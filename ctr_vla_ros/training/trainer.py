@@ -17,6 +17,10 @@ checkpoint (fine-tuning). Everything lives in one output directory:
     history.json, loss_curve.png
 
 Every validation point exports; so does the end of the run. Exports hold the weights in fp32, the training dtype.
+With `ema_decay` (default 0.999) validation and every export use an exponential moving average of the weights instead
+of the last step's weights: a small policy's closed-loop success swings between consecutive exports of one run (task
+7: 18/20 at step 1600, 1/20 at step 2400, README), and the average is what Diffusion Policy and most robot-learning
+recipes ship for that reason.
 
 `dtype='bf16'` is autocast (the weights and the optimizer stay fp32); on the CPU its loss curve was checked against
 fp32 (README). `device='cuda'` is written but untested here: the project's machines have no GPU.
@@ -39,6 +43,7 @@ import numpy as np
 from tokenizers import Tokenizer
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from ctr_vla_ros.benchmarks.measurement import DOCS_DIR, RESULTS_DIR
@@ -72,6 +77,7 @@ class TrainingConfig:
     warmup_fraction: float = 0.05  # of the total steps, linear from 0
     final_learning_rate_fraction: float = 0.1  # where the cosine decay ends, as a fraction of learning_rate
     gradient_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.999  # of the weights' moving average that validation and exports use (0: the last weights)
     validation_fraction: float = 0.1  # of each instruction's demonstrations, held out
     validation_interval: int = 500  # steps between validation + export
     validation_samples: int = 512  # evenly spaced held-out samples used for the validation loss
@@ -95,6 +101,8 @@ class TrainingConfig:
             raise ValueError('give exactly one of steps and epochs')
         if self.dtype not in AUTOCAST_DTYPES:
             raise ValueError(f'dtype {self.dtype!r}: expected one of {sorted(AUTOCAST_DTYPES)}')
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f'ema_decay must be in [0, 1), got {self.ema_decay}')
 
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, final_fraction: float) -> float:
@@ -103,6 +111,16 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, final_f
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def moving_average_update(decay: float):
+    """AveragedModel's update: an exponential moving average whose decay ramps up as (1 + n) / (10 + n) towards
+    `decay` over the first updates (n: updates so far), so the average does not keep the starting weights for
+    thousands of steps."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        count = float(updates)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + count) / (10 + count)))
+    return update
 
 
 @dataclasses.dataclass
@@ -180,6 +198,8 @@ class Trainer:
         self.total_steps = config.steps or math.ceil(config.epochs * self.steps_per_epoch)
         # The fused kernel: most parameters are the vocabulary-sized embedding table, and the unfused update of
         # it costs several times more on a CPU.
+        self.averaged = AveragedModel(self.model, multi_avg_fn=moving_average_update(config.ema_decay)) \
+            if config.ema_decay else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay, fused=True)
         warmup_steps = max(1, round(config.warmup_fraction * self.total_steps))
@@ -226,8 +246,15 @@ class Trainer:
                 build_tokenizer(self.instructions).save(str(tokenizer_path))
         return model.train(), Tokenizer.from_file(str(tokenizer_path))
 
+    @property
+    def exported_model(self) -> OpenVlaOft:
+        """What validation measures and an export holds: the weights' moving average, or the last weights."""
+        return self.model if self.averaged is None else self.averaged.module
+
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state['model'])
+        if self.averaged is not None and 'averaged' in state:  # a run saved before the average existed starts one
+            self.averaged.load_state_dict(state['averaged'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.augment_generator.set_state(state['augment_rng'])
@@ -241,6 +268,8 @@ class Trainer:
                  'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
                  'augment_rng': self.augment_generator.get_state(), 'history': self.history,
                  'best_validation': self.best_validation}
+        if self.averaged is not None:
+            state['averaged'] = self.averaged.state_dict()
         temporary = self.output / f'{STATE_FILE}.tmp'
         torch.save(state, temporary)
         os.replace(temporary, self.output / STATE_FILE)
@@ -295,11 +324,13 @@ class Trainer:
                      samples.proprio[earlier].to(device), reuse_vision.to(device), reuse_llm.to(device),
                      rows.to(device))
 
-    def loss(self, samples: SampleSet, indices: torch.Tensor, augment: bool) -> torch.Tensor:
-        """Mean L1 between the predicted and the true normalised chunks."""
-        return self._loss(self.model_inputs(samples, indices, augment))
+    def loss(self, samples: SampleSet, indices: torch.Tensor, augment: bool,
+             model: OpenVlaOft | None = None) -> torch.Tensor:
+        """Mean L1 between the chunks `model` (default: the trained one) predicts and the true normalised ones."""
+        return self._loss(self.model_inputs(samples, indices, augment), model)
 
-    def _loss(self, batch: Batch) -> torch.Tensor:
+    def _loss(self, batch: Batch, model: OpenVlaOft | None = None) -> torch.Tensor:
+        model = model or self.model
         autocast_dtype = AUTOCAST_DTYPES[self.config.dtype]
         device_type = torch.device(self.config.device).type
         space, stop = self.tokens.space_id, self.tokens.stop_id
@@ -307,12 +338,12 @@ class Trainer:
             reuse = None
             if batch.earlier_pixels is not None:
                 rule = self.ctr_aware.config
-                earlier = self.model.earlier_pass(batch.earlier_pixels, batch.earlier_proprio,
+                earlier = model.earlier_pass(batch.earlier_pixels, batch.earlier_proprio,
                                                   [batch.prompts[row] for row in batch.earlier_rows.tolist()],
                                                   space, stop)
                 reuse = BatchReuse(earlier, batch.reuse_vision, batch.reuse_llm, rule.llm_reuse_start_layer,
                                    rule.llm_prune_layer, batch.earlier_rows)
-            predicted = self.model.forward_batch(batch.pixels, batch.proprio, batch.prompts, space, stop, reuse=reuse)
+            predicted = model.forward_batch(batch.pixels, batch.proprio, batch.prompts, space, stop, reuse=reuse)
         return F.l1_loss(predicted, batch.target)
 
     def train_step(self, times: dict[str, float] | None = None) -> float:
@@ -328,6 +359,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
         marks.append(time.perf_counter())
         if times is not None:
             for phase, begin, end in zip(STEP_PHASES, marks, marks[1:]):
@@ -352,13 +385,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        samples = self.validation_samples
-        self.model.eval()
+        samples, model = self.validation_samples, self.exported_model
+        model.eval()
         total = 0.0
         for start in range(0, len(samples), self.config.batch_size):
             indices = torch.arange(start, min(start + self.config.batch_size, len(samples)))
-            total += self.loss(samples, indices, augment=False).item() * len(indices)
-        self.model.train()
+            total += self.loss(samples, indices, augment=False, model=model).item() * len(indices)
+        model.train()
         value = total / len(samples)
         self.history['validation'].append([self.step, value])
         return value
@@ -368,7 +401,8 @@ class Trainer:
         export's sidecar names carry the step, so an older export must not remain)."""
         temporary = directory.with_name(directory.name + '.tmp')
         shutil.rmtree(temporary, ignore_errors=True)
-        state = {name: tensor.detach().to('cpu', torch.float32) for name, tensor in self.model.state_dict().items()}
+        state = {name: tensor.detach().to('cpu', torch.float32)
+                 for name, tensor in self.exported_model.state_dict().items()}
         last_validation = self.history['validation'][-1][1] if self.history['validation'] else None
         save_checkpoint(temporary, self.architecture, state, self.tokenizer, {self.config.unnorm_key: self.statistics},
                         self.step, {'ctr_vla_training': {
