@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 import torch
 
-from ctr_vla_ros.model.checkpoint import CheckpointError, load_checkpoint
+from ctr_vla_ros.model.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
 from ctr_vla_ros.model.config import ArchitectureError
 from ctr_vla_ros.policy import VlaPolicy
 from ctr_vla_ros.model.random_checkpoint import write_random_checkpoint
@@ -168,3 +168,19 @@ def test_vocabulary_without_the_release_space_id_is_refused(broken):
     (broken / 'config.json').write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match='512 entries, but OpenVLA-OFT appends token id 29871'):
         load_checkpoint(broken)
+
+
+def test_the_digest_names_a_checkpoint_by_its_contents_not_its_folder(tiny_checkpoint, tmp_path):
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / 'elsewhere')
+    assert checkpoint_digest(copy) == checkpoint_digest(tiny_checkpoint)
+    retrained = shutil.copytree(tiny_checkpoint, tmp_path / 'retrained')
+    sidecar = next(retrained.glob('action_head--*_checkpoint.pt'))
+    state = torch.load(sidecar, weights_only=True)
+    name = next(iter(state))
+    state[name] = state[name] + 1
+    torch.save(state, sidecar)
+    assert checkpoint_digest(retrained) != checkpoint_digest(tiny_checkpoint)
+    renamed = shutil.copytree(tiny_checkpoint, tmp_path / 'renamed')
+    sidecar = next(renamed.glob('proprio_projector--*_checkpoint.pt'))
+    sidecar.rename(sidecar.with_name('proprio_projector--9_checkpoint.pt'))  # another step's export
+    assert checkpoint_digest(renamed) != checkpoint_digest(tiny_checkpoint)

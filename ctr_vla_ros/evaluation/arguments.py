@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ctr_vla_ros.evaluation.configurations import CONFIGS, FRAGILITY, Configuration, configuration
+from ctr_vla_ros.model.checkpoint import checkpoint_digest
 
 
 def add_arguments(parser: argparse.ArgumentParser, over_ros: bool) -> None:
@@ -38,3 +40,14 @@ def chosen_configurations(parser: argparse.ArgumentParser, args: argparse.Namesp
         except (OSError, ValueError) as error:
             parser.error(f'configuration {name}: {error}')
     return chosen if 'off' in chosen else {'off': Configuration(CONFIGS['off']), **chosen}
+
+
+def evaluation_settings(args: argparse.Namespace, starts: list[str], configs: dict[str, Configuration],
+                        **harness: Any) -> dict[str, Any]:
+    """What the results file records of an evaluation, and what two runs must share for the second to resume the
+    first's episodes (see Results): the checkpoint by name and by content (a checkpoint retrained under the same
+    name starts over instead of joining its predecessor's episodes), the episodes and the configurations."""
+    return {'checkpoint': args.checkpoint.name, 'checkpoint_digest': checkpoint_digest(args.checkpoint),
+            'unnorm_key': args.unnorm_key, 'suite': args.suite, 'tasks': args.tasks, 'starts': starts,
+            'max_steps': args.max_steps, 'resolution': args.resolution, **harness,
+            'configurations': {name: config.to_json() for name, config in configs.items()}}

@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ctr_vla_ros.evaluation.arguments import add_arguments, chosen_configurations
+from ctr_vla_ros.evaluation.arguments import add_arguments, chosen_configurations, evaluation_settings
 from ctr_vla_ros.evaluation.configurations import Configuration
 from ctr_vla_ros.evaluation.results import Results, episode_record
 from ctr_vla_ros.evaluation.starts import Start, starts
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
               f'them): {", ".join(training[:5])}', file=sys.stderr)
 
     output = args.output or RESULTS_DIR / f'eval_{args.checkpoint.name}.json'
-    settings = {'checkpoint': args.checkpoint.name, 'unnorm_key': args.unnorm_key, 'suite': args.suite,
-                'tasks': args.tasks, 'starts': [start.key for start in chosen], 'max_steps': args.max_steps,
-                'resolution': args.resolution,
-                'configurations': {name: config.to_json() for name, config in configs.items()}}
-    results = Results(output, settings)
+    results = Results(output, evaluation_settings(args, [start.key for start in chosen], configs))
     done = results.done
     jobs = [(name, config.to_json(), task, start.key, args.max_steps)
             for start in chosen for task in args.tasks for name, config in configs.items()

@@ -15,6 +15,7 @@ by tensor from each shard, so a 15 GB checkpoint is never held twice.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pickle
 import re
@@ -129,6 +130,19 @@ def load_checkpoint(checkpoint_dir: str | Path, architecture_override: str | Pat
     if missing:
         raise CheckpointError(f'{directory}: {len(missing)} tensors missing, e.g. {missing[:3]}')
     return LoadedCheckpoint(model, tokens, load_statistics(directory), architecture, directory.name)
+
+
+def checkpoint_digest(checkpoint_dir: str | Path) -> str:
+    """SHA-256 of every file of the checkpoint directory, names and contents: what identifies a checkpoint whatever
+    its folder is called, and tells a checkpoint retrained under the same name from the one before."""
+    digest = hashlib.sha256()
+    for path in sorted(path for path in Path(checkpoint_dir).rglob('*') if path.is_file()):
+        digest.update(path.relative_to(checkpoint_dir).as_posix().encode() + b'\0')
+        with path.open('rb') as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+        digest.update(b'\0')
+    return digest.hexdigest()
 
 
 def shard_contents(directory: Path) -> dict[Path, list[str]]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ctr_vla_ros.evaluation.arguments import add_arguments, chosen_configurations
+from ctr_vla_ros.evaluation.arguments import add_arguments, chosen_configurations, evaluation_settings
 from ctr_vla_ros.evaluation.configurations import Configuration
 from ctr_vla_ros.evaluation.results import Results, episode_record
 from ctr_vla_ros.evaluation.statistics import markdown_table
@@ -120,11 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     init_states = list(range(args.init_states[0], args.init_states[1] + 1))
-    settings = {'checkpoint': args.checkpoint.name, 'unnorm_key': args.unnorm_key, 'suite': args.suite,
-                'tasks': args.tasks, 'starts': [f'fixed-{state}' for state in init_states],
-                'max_steps': args.max_steps, 'resolution': args.resolution, 'harness': 'ros',
-                'configurations': {name: config.to_json() for name, config in configs.items()}}
-    results = Results(output, settings)
+    results = Results(output, evaluation_settings(args, [f'fixed-{state}' for state in init_states], configs,
+                                                  harness='ros'))
     done = results.done
     started = time.monotonic()
     ran = 0
