@@ -313,6 +313,48 @@ def test_attention_probe_equals_explicit_attention_map(checkpoint, libero_sequen
     torch.testing.assert_close(probe.scores, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize('relevance_queries', ['prompt', 'action'])
+@torch.inference_mode()
+def test_task_relevance_ranks_by_the_attention_of_the_prompt_or_the_action_positions(checkpoint, libero_sequence,
+                                                                                      relevance_queries):
+    """The scores a query's mask uses are the previous query's attention onto each visual token at the probe layer,
+    averaged over heads and over the prompt's positions or the positions the action head reads."""
+    config = CtrConfig(attention_layer=1, relevance_queries=relevance_queries)
+    policy = make_policy(checkpoint, config)
+    first = policy.prepare(*inputs(libero_sequence, 0))
+    _, keyframe = policy.engine.step(first, timestamp=0.0)
+    _, report = policy.engine.step(policy.prepare(*inputs(libero_sequence, 1)), timestamp=0.1)
+
+    model, tokens = checkpoint.model, checkpoint.tokens
+    llm, architecture = model.language_model.model, checkpoint.architecture
+    embeddings = model.sequence_embeddings(first.pixel_values, first.normalized_proprio, first.prompt_ids,
+                                           tokens.space_id, tokens.stop_id)
+    positions = torch.arange(embeddings.shape[1])
+    layout = model.layout(len(first.prompt_ids))
+    queries = layout.prompt_positions if relevance_queries == 'prompt' else layout.action_hidden_positions
+    layer = llm.layers[1]
+    normed = layer.input_layernorm(llm(embeddings, positions, layers=range(1)))
+    heads, head_dim = architecture.llm.num_heads, architecture.llm.hidden_size // architecture.llm.num_heads
+    cos, sin = llm.rotary_emb(positions, normed.dtype)
+    q = apply_rotary(layer.self_attn.q_proj(normed).view(1, -1, heads, head_dim).transpose(1, 2), cos, sin)
+    k = apply_rotary(layer.self_attn.k_proj(normed).view(1, -1, heads, head_dim).transpose(1, 2), cos, sin)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / head_dim ** 0.5, dim=-1)
+    visual = layout.num_visual_tokens
+    expected = weights[0][:, list(queries)][:, :, 1:visual + 1].mean(dim=(0, 1))
+    np.testing.assert_allclose(report.attention_scores.ravel(), expected.numpy(), rtol=1e-4, atol=1e-7)
+    # The probe's FLOPs: its queries' scores against the whole sequence.
+    without_probe = count_step_flops(architecture, len(first.prompt_ids))
+    assert keyframe.flops.llm - without_probe.llm == \
+        pytest.approx(2 * len(queries) * layout.length * architecture.llm.hidden_size)
+
+
+def test_action_relevance_needs_a_layer_after_the_first(checkpoint, libero_sequence):
+    config = CtrConfig(attention_layer=0, relevance_queries='action')
+    with pytest.raises(ValueError, match='action slots enter the LLM as zeros'):
+        make_policy(checkpoint, config)
+    make_policy(checkpoint, config.replace(enabled=False))  # off: no probe runs
+
+
 def test_mask_functions():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=generator)

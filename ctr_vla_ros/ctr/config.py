@@ -12,6 +12,7 @@ from ctr_vla_ros.typed_config import build_dataclass
 
 STATIC_METRICS = ('gray_difference', 'rgb_cosine')
 REFERENCES = ('patch', 'query')
+RELEVANCE_QUERIES = ('prompt', 'action')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,11 @@ class CtrConfig:
     # at LLM layer `attention_layer` (negative counts from the last layer) are always recomputed.
     top_k: int = 160
     attention_layer: int = -1
+    # Whose attention ranks the visual tokens: 'prompt' (the instruction's tokens, the paper and VLA-Cache) or
+    # 'action' (the positions the action head reads, SpecPrune-VLA's alternative): what the actions are decoded from
+    # reads the goal object even where the instruction's words look elsewhere (a static plate that reuse would
+    # otherwise prune during the carry).
+    relevance_queries: str = 'prompt'
     # At most this many reused patches per image (0: no cap). The public OpenVLA-OFT setting is 120 of 256.
     max_reuse_per_image: int = 120
     # Every keyframe_interval-th query recomputes everything and refreshes every cache.
@@ -76,6 +82,8 @@ class CtrConfig:
             problems.append(f'static_metric must be one of {STATIC_METRICS}, got {self.static_metric!r}')
         if self.reference not in REFERENCES:
             problems.append(f'reference must be one of {REFERENCES}, got {self.reference!r}')
+        if self.relevance_queries not in RELEVANCE_QUERIES:
+            problems.append(f'relevance_queries must be one of {RELEVANCE_QUERIES}, got {self.relevance_queries!r}')
         if not 0 <= self.difference_threshold <= 1:
             problems.append(f'difference_threshold must be in [0, 1], got {self.difference_threshold}')
         if not -1 <= self.cosine_threshold <= 1:

@@ -4,7 +4,7 @@ Per query:
 1. Keyframe? (first query, reset, instruction change, camera change, input gap, precise mode, every
    keyframe_interval-th query.) A keyframe recomputes everything and replaces every cache.
 2. Otherwise the mask: static patches (vs their reference pixels) that are not among the previous query's top-K
-   attended visual tokens are reused (see `mask.py`).
+   attended visual tokens (by the prompt's or the action positions' attention) are reused (see `mask.py`).
 3. Vision encoder, per image: the recomputed patches (and DINOv2's cls/register tokens) are gathered once and run
    through every block as a compact stream; their queries attend over the full key/value cache of the block, where
    reused patches keep the keys/values of the query that last computed them. Only recomputed rows are written back.
@@ -12,7 +12,8 @@ Per query:
 4. LLM: reused visual positions keep their cached K/V (from `llm_reuse_start_layer` on); every other position is
    computed with RoPE at its absolute position and attends to the full K/V with no mask, as the baseline. From
    `llm_prune_layer` on (if set) reused positions are left out instead: the computed ones attend among themselves.
-   At one layer, one extra small matmul measures prompt-to-vision attention for the next query's task-relevant set.
+   At one layer, one extra small matmul measures prompt-to-vision (or action-to-vision) attention for the next
+   query's task-relevant set.
 5. The action head reads the final-norm hidden states one position left of the action slots.
 6. Precise mode (if set): a chunk that moves slowly or changes the gripper command makes the next query a keyframe;
    a query that reused tokens and predicted such a chunk is re-run at once with full recompute (`precise_chunk`).
@@ -194,6 +195,9 @@ class CtrEngine:
         if self.config.enabled and 0 <= prune <= self.probe_layer:
             raise ValueError(f'attention_layer {layer} (layer {self.probe_layer}) must come before llm_prune_layer '
                              f'{prune}: pruned tokens have no keys to be attended there')
+        if self.config.enabled and self.config.relevance_queries == 'action' and self.probe_layer == 0:
+            raise ValueError("relevance_queries 'action' needs attention_layer after layer 0: the action slots enter "
+                             'the LLM as zeros, so at layer 0 their attention does not tell visual tokens apart')
         if self.config.precise_mode and architecture.action.action_dim < 4:
             raise ValueError('precise mode reads x y z and the gripper from the actions: it needs at least 4 '
                              f'action dimensions, the model has {architecture.action.action_dim}')
@@ -321,8 +325,8 @@ class CtrEngine:
         cache.last_time = now
         cache.queries_since_keyframe = 1 if reason else cache.queries_since_keyframe + 1
 
-        flops = count_step_flops(architecture, prompt_length, computed_patches, llm_rows.computed,
-                                 llm_rows.attended, probe_queries=prompt_length - 1 if config.enabled else 0)
+        flops = count_step_flops(architecture, prompt_length, computed_patches, llm_rows.computed, llm_rows.attended,
+                                 probe_queries=len(self._relevance_positions(prompt_length)) if config.enabled else 0)
         report = StepReport(
             query_index=self.query_index, keyframe_reason=reason, patch_states=masks.patch_states.cpu().numpy(),
             attention_scores=None if previous_scores is None else
@@ -424,11 +428,17 @@ class CtrEngine:
                             device=self.device))
         return self._llm_buffers[prompt_length]
 
+    def _relevance_positions(self, prompt_length: int) -> range:
+        """The sequence positions whose attention onto the visual tokens ranks them (ctr.relevance_queries)."""
+        layout = self.model.layout(prompt_length)
+        return layout.prompt_positions if self.config.relevance_queries == 'prompt' else \
+            layout.action_hidden_positions
+
     def _llm_function(self, prompt_length: int, visual_rows: torch.Tensor, full: bool,
                       buffers: _LlmBuffers):  # noqa: ANN202
         """The LLM over BOS, the selected visual positions and every text position (`full`: every position, as
         on a keyframe), then the action head; and the positions it computes per layer. The function returns the
-        normalised actions and the prompt-to-vision attention scores of the probe layer."""
+        normalised actions and the task-relevance attention scores of the probe layer."""
         model, config = self.model, self.config
         llm = model.language_model.model
         num_layers = len(llm.layers)
@@ -436,7 +446,8 @@ class CtrEngine:
         visual_tokens, length = layout.num_visual_tokens, layout.length
         device = self.device
         positions = torch.arange(length, device=device)
-        prompt_positions = torch.arange(layout.prompt_positions.start, layout.prompt_positions.stop, device=device)
+        relevance = self._relevance_positions(prompt_length)
+        relevance_positions = torch.arange(relevance.start, relevance.stop, device=device)
         probe_layer = self.probe_layer if config.enabled else None
         start = num_layers if full else min(config.llm_reuse_start_layer, num_layers)
         prune = num_layers if full or config.llm_prune_layer < 0 else config.llm_prune_layer
@@ -444,7 +455,7 @@ class CtrEngine:
 
         def run(clock: _StageClock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
             started = clock.mark() if clock else None
-            probe = AttentionProbe(prompt_positions, torch.arange(1, visual_tokens + 1, device=device))
+            probe = AttentionProbe(relevance_positions, torch.arange(1, visual_tokens + 1, device=device))
             sequence = torch.cat([buffers.bos, self._projected.reshape(1, visual_tokens, -1), buffers.rest], dim=1)
             rows = torch.cat([positions[:1], visual_rows + 1, positions[visual_tokens + 1:]])
             # Layers before `start` compute every position (all of them, on a keyframe); the rest only `rows`,
@@ -452,8 +463,8 @@ class CtrEngine:
             hidden = llm(sequence, positions, layers=range(start), caches=buffers.caches, rows=positions,
                          probe_layer=probe_layer, probe=probe)[:, rows] if start > 0 else sequence[:, rows]
             if probe_layer is not None and probe_layer >= start:
-                # Prompt positions in the compact stream: everything after the visual block keeps its order.
-                probe.query_rows = prompt_positions - visual_tokens + len(visual_rows)
+                # Their rows in the compact stream: everything after the visual block keeps its order.
+                probe.query_rows = relevance_positions - visual_tokens + len(visual_rows)
             hidden = llm(hidden, rows, layers=range(start, prune), caches=buffers.caches, rows=rows,
                          probe_layer=probe_layer, probe=probe)
             if prune < num_layers:
@@ -487,7 +498,7 @@ class CtrEngine:
 
     def _run_llm(self, prompt_length: int, reuse: torch.Tensor, count: int, buffers: _LlmBuffers,
                  clock: _StageClock) -> tuple[torch.Tensor, torch.Tensor, LlmRows]:
-        """Returns the normalised actions, the prompt-to-vision attention scores measured at the probe layer, and
+        """Returns the normalised actions, the task-relevance attention scores measured at the probe layer, and
         the positions computed and attended per layer."""
         visual_tokens = reuse.numel()
         if self._graphs is not None and ('llm', prompt_length, visual_tokens, True) not in self._graphs:

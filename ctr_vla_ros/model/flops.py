@@ -49,8 +49,8 @@ def count_step_flops(architecture: ModelArchitecture, prompt_length: int,
     """FLOPs of one step. computed_patches: per image, patches recomputed in the vision towers (default all).
     llm_computed_tokens: per LLM layer, positions computed (default all); llm_attended_tokens: per LLM layer, the
     positions their queries attend over (default the whole sequence; fewer where tokens are pruned).
-    probe_queries: prompt tokens whose attention onto the visual tokens is measured at one layer (the CTR
-    task-relevance probe)."""
+    probe_queries: prompt (or action) positions whose attention onto the visual tokens is measured at one layer
+    (the CTR task-relevance probe)."""
     num_images = architecture.action.num_images
     patches = architecture.patches_per_image
     computed_patches = list(computed_patches) if computed_patches is not None else [patches] * num_images

@@ -91,8 +91,10 @@ def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
         'difference_threshold': 'static if mean abs grayscale difference (0..1) is below',
         'cosine_threshold': 'static if RGB cosine similarity is above (rgb_cosine metric)',
         'reference': "compare with the pixels a patch was last computed from ('patch') or the last query ('query')",
-        'top_k': 'visual tokens forced to recompute by prompt attention',
-        'attention_layer': 'LLM layer of the prompt-to-vision probe (negative: from the end)',
+        'top_k': 'visual tokens forced to recompute by prompt (or action) attention',
+        'attention_layer': 'LLM layer of the task-relevance attention probe (negative: from the end)',
+        'relevance_queries': "whose attention ranks visual tokens: 'prompt' (the paper) or 'action' (the action head's "
+                             'positions)',
         'max_reuse_per_image': 'cap on reused patches per image (0: none)',
         'keyframe_interval': 'recompute everything every N queries',
         'input_timeout': 'a gap between queries longer than this (s) forces a keyframe',
