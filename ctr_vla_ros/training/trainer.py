@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from matplotlib.figure import Figure
 import numpy as np
@@ -113,7 +113,7 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, final_f
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def moving_average_update(decay: float):
+def moving_average_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
     """AveragedModel's update: an exponential moving average whose decay ramps up as (1 + n) / (10 + n) towards
     `decay` over the first updates (n: updates so far), so the average does not keep the starting weights for
     thousands of steps."""
