@@ -196,10 +196,10 @@ class Trainer:
 
         self.steps_per_epoch = len(self.training_samples) // config.batch_size
         self.total_steps = config.steps or math.ceil(config.epochs * self.steps_per_epoch)
-        # The fused kernel: most parameters are the vocabulary-sized embedding table, and the unfused update of
-        # it costs several times more on a CPU.
         self.averaged = AveragedModel(self.model, multi_avg_fn=moving_average_update(config.ema_decay)) \
             if config.ema_decay else None
+        # The fused kernel: most parameters are the vocabulary-sized embedding table, and the unfused update of
+        # it costs several times more on a CPU.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay, fused=True)
         warmup_steps = max(1, round(config.warmup_fraction * self.total_steps))
@@ -330,7 +330,7 @@ class Trainer:
         return self._loss(self.model_inputs(samples, indices, augment), model)
 
     def _loss(self, batch: Batch, model: OpenVlaOft | None = None) -> torch.Tensor:
-        model = model or self.model
+        model = self.model if model is None else model
         autocast_dtype = AUTOCAST_DTYPES[self.config.dtype]
         device_type = torch.device(self.config.device).type
         space, stop = self.tokens.space_id, self.tokens.stop_id
@@ -339,8 +339,8 @@ class Trainer:
             if batch.earlier_pixels is not None:
                 rule = self.ctr_aware.config
                 earlier = model.earlier_pass(batch.earlier_pixels, batch.earlier_proprio,
-                                                  [batch.prompts[row] for row in batch.earlier_rows.tolist()],
-                                                  space, stop)
+                                             [batch.prompts[row] for row in batch.earlier_rows.tolist()],
+                                             space, stop)
                 reuse = BatchReuse(earlier, batch.reuse_vision, batch.reuse_llm, rule.llm_reuse_start_layer,
                                    rule.llm_prune_layer, batch.earlier_rows)
             predicted = model.forward_batch(batch.pixels, batch.proprio, batch.prompts, space, stop, reuse=reuse)
