@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 pytest.importorskip('libero', reason='the LIBERO simulation extra is not installed (make setup-sim)')
 from ctr_vla_ros.data.libero_hdf5 import DemoFileReader  # noqa: E402
@@ -50,9 +51,36 @@ def test_expert_reaches_its_first_waypoint_smoothly():
         simulation.close()
 
 
+def test_expert_puts_the_cream_cheese_in_the_bowl_gripping_it_across_its_width():
+    simulation = LiberoSimulation('libero_goal', 6, resolution=64)  # put the cream cheese in the bowl
+    try:
+        observation = simulation.reset_sampled(10000)
+        expert = LiberoGoalExpert(simulation)
+        phases = []
+        for _ in range(200):
+            observation = simulation.step(expert.act(observation), render=False)
+            if not phases or phases[-1] != expert.phase:
+                phases.append(expert.phase)
+            if expert.phase == 'close on the cream cheese':
+                # The box's width (its y axis; 4.3 cm, its length is 8.1) lies along the fingers' closing
+                # direction, which is the grip site's y axis in the world.
+                box_y = Rotation.from_quat(simulation.object_quaternion_xyzw('cream_cheese_1')).apply([0, 1, 0])
+                fingers = Rotation.from_quat(observation.eef_quaternion_xyzw).apply([0, 1, 0])
+                assert abs(box_y @ fingers) > 0.98
+            if observation.success:
+                break
+        assert observation.success, f'no success; phases {phases}'
+        assert phases[:4] == ['above the cream cheese', 'down to the cream cheese', 'close on the cream cheese',
+                              'lift the cream cheese']
+    finally:
+        simulation.close()
+
+
 def test_expert_knows_which_goals_it_can_do():
     assert LiberoGoalExpert.supports(['on', 'akita_black_bowl_1', 'plate_1'])
     assert LiberoGoalExpert.supports(['on', 'akita_black_bowl_1', 'wooden_cabinet_1_top_side'])
+    assert LiberoGoalExpert.supports(['on', 'cream_cheese_1', 'akita_black_bowl_1'])
+    assert not LiberoGoalExpert.supports(['on', 'akita_black_bowl_1', 'akita_black_bowl_1'])
     assert LiberoGoalExpert.supports(['turnon', 'flat_stove_1'])
     assert not LiberoGoalExpert.supports(['open', 'wooden_cabinet_1_middle_region'])
     assert not LiberoGoalExpert.supports(['on', 'wine_bottle_1', 'wine_rack_1_top_region'])

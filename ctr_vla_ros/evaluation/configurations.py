@@ -30,6 +30,11 @@ CONFIGS: dict[str, CtrConfig] = {
     # fast_pruned reuses 75-80% of the wrist camera during the lost releases: the same with at most 150 of an
     # image's 256 patches reused (59%), between paper's cap (120) and none.
     'fast_pruned_capped': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0, max_reuse_per_image=150),
+    # fast_pruned keeps only 32 of the 512 visual tokens fresh for task relevance: the same with the paper's 160.
+    'fast_pruned_relevant': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0, top_k=160),
+    # fast_pruned with relevance ranked by the positions the action head reads (relevance_queries 'action'), whose
+    # attention is meaningful from LLM layer 1 on: the probe reads layer 1 and pruning starts at layer 2.
+    'fast_pruned_action': PRESETS['fast'].replace(llm_prune_layer=2, attention_layer=1, relevance_queries='action'),
 }
 FRAGILITY = 'fragility'
 FRAGILITY_OF = 'paper'  # the configuration whose deviation the fragility control reproduces

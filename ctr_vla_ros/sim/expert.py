@@ -1,8 +1,9 @@
 """A scripted expert for LIBERO-Goal tasks that reads the simulator's privileged state.
 
 The expert picks its script from the task's BDDL goal: `(On akita_black_bowl_1 X)` picks the bowl by its rim and
-sets it down on X (the plate, the stove's burner, the top of the cabinet); `(Turnon flat_stove_1)` grips the stove's
-knob by its ridge and twists it. Positions come from the MuJoCo bodies, sites and joints (`LiberoSimulation`'s
+sets it down on X (the plate, the stove's burner, the top of the cabinet); `(On cream_cheese_1 akita_black_bowl_1)`
+picks the cream cheese across its width and lowers it onto the bowl; `(Turnon flat_stove_1)` grips the stove's knob
+by its ridge and twists it. Positions come from the MuJoCo bodies, sites and joints (`LiberoSimulation`'s
 privileged accessors), never from the cameras.
 
 Each script is a Python generator of motion primitives: move the grip site to a point, hold it there while the
@@ -46,24 +47,58 @@ MOVE_TIMEOUT = 80  # steps
 GRIPPER_STEPS = 10  # the fingers close on an object (or open fully) in about 8 steps
 GRASP_ATTEMPTS = 3
 
-# The black bowl (akita_black_bowl_1), measured from its collision meshes: its origin is the centre of its bottom,
-# its wall ends 5.3 cm up, 4.0-5.4 cm from the axis. The fingers pinch the wall on the bowl's far (+x) side, closing
-# along x (the wrist turned a quarter turn), pads covering the top 1.7 cm of the wall. That keeps the 20 cm wide hand
-# along x, clear of the cabinet's lid and the cream cheese on the bowl's -y and +y sides, and of the wine bottle on
-# its near side.
-BOWL = 'akita_black_bowl_1'
-BOWL_GRASP_OFFSET = np.array([0.047, 0.0, 0.041])  # grip site relative to the bowl's origin
-BOWL_GRASP_YAW = np.pi / 2  # rad: fingers closing along x
 HOVER = 0.08  # m above a grasp point before descending onto it
 LIFT = 0.06  # m a grasped object rises before the grasp is checked
-HELD_RISE = 0.025  # m: the bowl rose at least this much with the gripper, so the grasp held
-CARRY_CLEARANCE = 0.07  # m: the bowl's bottom travels this far above the higher of its start and its destination
-RELEASE_HEIGHT = 0.01  # m: the bowl's bottom stops this far above the destination's surface; the gripper opens there
+HELD_RISE = 0.025  # m: the object rose at least this much with the gripper, so the grasp held
+CARRY_CLEARANCE = 0.07  # m: the object's bottom travels this far above the higher of its start and its destination
+RELEASE_HEIGHT = 0.01  # m: the object's bottom stops this far above the destination's surface; the gripper opens there
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldObject:
+    """An object the expert picks up: where the grip site goes relative to the object's origin and the gripper's
+    heading, both turning with the object about the vertical or not; and how far its origin is above its bottom."""
+
+    name: str  # BDDL object
+    label: str  # in the expert's phases: 'lift the bowl'
+    grasp_offset: tuple[float, float, float]  # m, in the world frame, or the object's if turns_with_object
+    grasp_yaw: float  # rad: the gripper's heading, added to the object's heading if turns_with_object
+    turns_with_object: bool
+    origin_height: float  # m
+
+    def grasp_point(self, simulation: LiberoSimulation) -> np.ndarray:
+        offset = np.array(self.grasp_offset)
+        if self.turns_with_object:
+            offset = Rotation.from_euler('z', self.heading(simulation)).apply(offset)
+        return simulation.object_position(self.name) + offset
+
+    def gripper_yaw(self, simulation: LiberoSimulation) -> float:
+        if not self.turns_with_object:
+            return self.grasp_yaw
+        yaw = self.heading(simulation) + self.grasp_yaw
+        return (yaw + np.pi / 2) % np.pi - np.pi / 2  # the two fingers are alike: the nearer of yaw and yaw + pi
+
+    def heading(self, simulation: LiberoSimulation) -> float:
+        return float(Rotation.from_quat(simulation.object_quaternion_xyzw(self.name)).as_euler('xyz')[2])
+
+
+# The black bowl, measured from its collision meshes: its origin is the centre of its bottom, its wall ends 5.3 cm
+# up, 4.0-5.4 cm from the axis. The fingers pinch the wall on the bowl's far (+x) side, closing along x (the wrist
+# turned a quarter turn), pads covering the top 1.7 cm of the wall. That keeps the 20 cm wide hand along x, clear of
+# the cabinet's lid and the cream cheese on the bowl's -y and +y sides, and of the wine bottle on its near side.
+# The cream cheese is a box of 8.1 x 4.3 x 1.8 cm lying flat, its origin at its centre, its length along its own x
+# axis: the fingers close across its width, pads on its upper 1.3 cm, clear of the table.
+HELD_OBJECTS = {
+    'akita_black_bowl_1': HeldObject('akita_black_bowl_1', 'bowl', (0.047, 0.0, 0.041), np.pi / 2,
+                                     turns_with_object=False, origin_height=0.0),
+    'cream_cheese_1': HeldObject('cream_cheese_1', 'cream cheese', (0.0, 0.0, 0.004), 0.0, turns_with_object=True,
+                                 origin_height=0.009),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class PlaceTarget:
-    """Where the bowl goes for one BDDL goal argument: a body or site, the height of its surface above that point,
+    """Where the held object goes for one BDDL goal argument: a body or site, the height of its surface above that point,
     and a shift of the aim within the goal region (the cabinet's far side is at the edge of the arm's reach)."""
 
     name: str
@@ -76,14 +111,16 @@ class PlaceTarget:
         return position + np.array([*self.shift, self.surface_height])
 
 
-# Surface heights measured from the collision meshes: the plate's floor, the burner's top, the cabinet's lid. The
-# BDDL checks: on the plate = within 3 cm of its centre and touching it; on the burner or the cabinet = inside the
-# site's box (7.5 cm and 12.5 x 9.4 cm half-sizes) and touching the fixture.
+# Surface heights measured from the collision meshes: the plate's floor, the burner's top, the cabinet's lid, the
+# bowl's rim (the cream cheese is longer than the bowl is wide: it comes to rest on the rim). The BDDL checks: on the
+# plate = within 3 cm of its centre and touching it; on the burner or the cabinet = inside the site's box (7.5 cm and
+# 12.5 x 9.4 cm half-sizes) and touching the fixture; on the bowl = touching it, above its origin.
 PLACE_TARGETS = {
     'plate_1': PlaceTarget('plate_1', is_site=False, surface_height=0.007),
     'flat_stove_1_cook_region': PlaceTarget('flat_stove_1_cook_region', is_site=True, surface_height=0.025),
     'wooden_cabinet_1_top_side': PlaceTarget('wooden_cabinet_1_top_side', is_site=True, surface_height=0.001,
                                              shift=(-0.03, 0.025)),
+    'akita_black_bowl_1': PlaceTarget('akita_black_bowl_1', is_site=False, surface_height=0.053),
 }
 
 # The flat stove's knob (body and hinge `flat_stove_1_button`) turns about the vertical; LIBERO counts it as on from
@@ -114,7 +151,7 @@ class LiberoGoalExpert:
         self.previous_rotation = np.zeros(3)
         predicate, *arguments = simulation.goal[0]
         if predicate == 'on':
-            self.script = self._place_bowl(PLACE_TARGETS[arguments[1]])
+            self.script = self._place(HELD_OBJECTS[arguments[0]], PLACE_TARGETS[arguments[1]])
         else:
             self.script = self._turn_on_knob(f'{arguments[0]}_button')
 
@@ -122,7 +159,8 @@ class LiberoGoalExpert:
     def supports(goal: list[str]) -> bool:
         """Whether the expert has a script for this BDDL goal predicate."""
         predicate, *arguments = goal
-        return ((predicate == 'on' and arguments[0] == BOWL and arguments[1] in PLACE_TARGETS)
+        return ((predicate == 'on' and arguments[0] in HELD_OBJECTS and arguments[1] in PLACE_TARGETS
+                 and arguments[0] != arguments[1])
                 or (predicate == 'turnon' and arguments[0] == 'flat_stove_1'))
 
     def act(self, observation: Observation) -> np.ndarray:
@@ -138,33 +176,30 @@ class LiberoGoalExpert:
 
     # Scripts.
 
-    def _place_bowl(self, target: PlaceTarget) -> Motion:
+    def _place(self, held: HeldObject, target: PlaceTarget) -> Motion:
         simulation = self.simulation
 
-        def grasp_point() -> np.ndarray:
-            return simulation.object_position(BOWL) + BOWL_GRASP_OFFSET
-
-        self.yaw = BOWL_GRASP_YAW
         for _ in range(GRASP_ATTEMPTS):
-            rest_height = simulation.object_position(BOWL)[2]
-            yield from self._grasp('bowl', grasp_point)
+            self.yaw = held.gripper_yaw(simulation)
+            rest_height = simulation.object_position(held.name)[2]
+            yield from self._grasp(held.label, lambda: held.grasp_point(simulation))
             lift_point = self.observation.eef_position + [0.0, 0.0, LIFT]
-            yield from self._move_to('lift the bowl', CLOSED, PASS_THROUGH, CAREFUL_SPEED, lift_point)
-            if simulation.object_position(BOWL)[2] - rest_height < HELD_RISE:
-                yield from self._release_and_back_off()  # the fingers missed the wall or it slipped out: again
+            yield from self._move_to(f'lift the {held.label}', CLOSED, PASS_THROUGH, CAREFUL_SPEED, lift_point)
+            if simulation.object_position(held.name)[2] - rest_height < HELD_RISE:
+                yield from self._release_and_back_off()  # the fingers missed or it slipped out: again
                 continue
 
-            destination = target.surface_centre(simulation)
+            destination = target.surface_centre(simulation) + [0.0, 0.0, held.origin_height]
             carry_height = max(rest_height, destination[2]) + CARRY_CLEARANCE
-            # Measured once, while the bowl hangs still: re-measuring it during the carry would chase the bowl's
-            # swing in the fingers and overshoot.
-            grip_offset = self.observation.eef_position - simulation.object_position(BOWL)
+            # Measured once, while the object hangs still: re-measuring it during the carry would chase its swing in
+            # the fingers and overshoot.
+            grip_offset = self.observation.eef_position - simulation.object_position(held.name)
             lift_point = np.array([*self.observation.eef_position[:2], carry_height + grip_offset[2]])
             yield from self._move_to('lift to carry height', CLOSED, PASS_THROUGH, CRUISE_SPEED, lift_point)
             carry_point = np.array([*destination[:2], carry_height]) + grip_offset
             yield from self._move_to('carry over the destination', CLOSED, PASS_THROUGH, CRUISE_SPEED, carry_point)
-            if simulation.object_position(BOWL)[2] < carry_height - LIFT:
-                continue  # the bowl slipped out on the way: pick it up again
+            if simulation.object_position(held.name)[2] < carry_height - LIFT:
+                continue  # it slipped out on the way: pick it up again
             release_point = destination + [0.0, 0.0, RELEASE_HEIGHT] + grip_offset
             yield from self._move_to('lower onto the destination', CLOSED, PRECISE, CAREFUL_SPEED, release_point)
             yield from self._release_and_back_off()
