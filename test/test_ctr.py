@@ -1,5 +1,7 @@
 """The CTR engine: exact where it must be, keyframes on every reset condition, mask semantics."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from ctr_vla_ros.model.flops import count_step_flops
 from ctr_vla_ros.model.llama import apply_rotary
 from ctr_vla_ros.policy import VlaPolicy
 
+REPO = Path(__file__).resolve().parents[1]
 UNNORM_KEY = 'libero_spatial_no_noops'
 EXACT = 1e-5
 # Everything static, nothing forced, no cap, no interval keyframes: every patch reused after the first query.
@@ -399,6 +402,12 @@ def test_the_paper_preset_is_the_papers_method():
     assert paper.vision_reuse and paper.llm_reuse and paper.unified and paper.llm_reuse_start_layer == 0
     assert PRESETS['patch_reference'] == paper.replace(reference='patch')
     assert CtrConfig() == paper  # the node's default until the per-patch reference is shown at least as good
+
+
+def test_prune_static_is_fast_pruned_above_layer_0_and_its_parameter_file_says_so():
+    prune_static = PRESETS['prune_static']
+    assert prune_static == PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0)
+    assert CtrConfig.from_yaml(REPO / 'config' / 'ctr_prune_static.yaml') == prune_static
 
 
 def test_the_fragility_control_perturbs_keys_and_values_by_the_size_asked_for(checkpoint, libero_sequence):

@@ -155,7 +155,7 @@ def test_sweep_writes_the_plot_and_the_recommended_parameter_file(converted, tin
                        '--caps', '120', '0', '--keyframe-intervals', '5'])
     assert code == 0
     result = json.loads((output / 'sweep.json').read_text())
-    assert len(result['settings']) == 12 + 3  # the grid and the presets paper, patch_reference, fast
+    assert len(result['settings']) == 12 + 4  # the grid and the presets paper, patch_reference, fast, prune_static
     assert result['queries'] == 6 and (output / 'sweep.png').stat().st_size > 10_000
     points = result['settings']
     best = max(points, key=lambda name: points[name]['flops_reduction'])

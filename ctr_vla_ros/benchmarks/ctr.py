@@ -11,6 +11,7 @@ from full recompute (normalised action units). Configurations:
                    compared with the previous query's image)
   patch_reference  the same, each patch compared with the pixels it was last recomputed from
   fast             the documented faster preset (see ctr_vla_ros/ctr/config.py PRESETS)
+  prune_static     fast's mask, static visual tokens pruned from the LLM above layer 0
 Results go to benchmarks/results/ctr_<checkpoint>.json.
 """
 
@@ -35,6 +36,7 @@ CONFIGS = {
     'paper': PRESETS['paper'],
     'patch_reference': PRESETS['patch_reference'],
     'fast': PRESETS['fast'],
+    'prune_static': PRESETS['prune_static'],
 }
 UNNORM_KEY = 'libero_spatial_no_noops'
 

@@ -21,7 +21,7 @@ from ctr_vla_ros.evaluation.statistics import markdown_table  # noqa: E402
 
 BENCHMARKS = Path('benchmarks')
 RESULTS = BENCHMARKS / 'results'
-CONFIG_ORDER = ('zero-mask', 'paper', 'patch_reference', 'fast')
+CONFIG_ORDER = ('zero-mask', 'paper', 'patch_reference', 'fast', 'prune_static')
 
 
 def provenance(results: dict[str, Any], dtype: str = 'fp32') -> str:
@@ -91,8 +91,8 @@ def ctr_section(results: dict[str, Any]) -> list[str]:
     lines += ['', 'Configurations: `zero-mask` = CTR on with threshold 0 (nothing static: the bookkeeping '
               'overhead); `paper` = the paper\'s method: threshold 0.004, K 160, keyframe every 5, cap 120 per '
               'image, each patch compared with the previous query\'s image; `patch_reference` = the same, each '
-              'patch compared with the pixels it was last recomputed from; `fast` = the preset in '
-              '`ctr_vla_ros/ctr/config.py` (`PRESETS["fast"]`).', '']
+              'patch compared with the pixels it was last recomputed from; `fast` and `prune_static` = '
+              'the presets in `ctr_vla_ros/ctr/config.py`.', '']
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     names = list(sequences)
@@ -128,7 +128,7 @@ def ctr_section(results: dict[str, Any]) -> list[str]:
     lines += [f'![reuse per camera]({save(figure, "ctr_reuse_per_camera.png", subtitle)})', '']
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for config, marker in zip(CONFIG_ORDER, ('o', 's', 'D', '^')):
+    for config, marker in zip(CONFIG_ORDER, ('o', 's', 'D', '^', 'v'), strict=True):
         tokens, llm_time, step_time = [], [], []
         for name in names:
             for record in sequences[name]['records'].get(config, []):

@@ -21,7 +21,7 @@ CONFIGS: dict[str, CtrConfig] = {
     # pruned above it (see CtrConfig.llm_prune_layer); the task-relevance probe reads layer 0, which every token
     # reaches.
     'paper_pruned': PRESETS['paper'].replace(llm_prune_layer=1, attention_layer=0),
-    'fast_pruned': PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0),
+    'fast_pruned': PRESETS['prune_static'],  # the name it was evaluated under before it became a preset
     # fast_pruned loses its successes at the release over the plate, where the arm slows down and the gripper
     # command turns: the same with precise mode at SpecPrune-VLA's translation threshold (0.4) and a gripper command
     # that moves by half its range within a chunk.
