@@ -74,7 +74,7 @@ demo: setup setup-sim
 # 0-39 and sampled placements from seed 10000; executed with perturbations, labelled with the expert's clean actions),
 # training of the package's own small OpenVLA-OFT, and the closed-loop evaluation with CTR off and on (in-process,
 # paired, EVAL_WORKERS processes; eval-ros: the same episodes over ROS, several times slower).
-TASKS ?= 1 4 7 8
+TASKS ?= 1 6 7 8
 DEMOS ?= demos
 DEMO_SAMPLED ?= 10000 10079
 DEMO_PERTURBATION ?= --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003
@@ -82,8 +82,8 @@ DEMO_WORKERS ?= 2
 # The cameras render every 4th step (5 frames/s of the 20 Hz control): rendering is nearly all of a recorded step, and
 # neighbouring frames are nearly the same picture; every step's actions are kept, so each frame's chunk is whole.
 DEMO_FRAME_STRIDE ?= 4
-# Longest first, so that the workers (one task each at a time) finish together: task 4 records the most steps.
-DEMO_TASKS ?= 4 8 1 7
+# Longest first, so that the workers (one task each at a time) finish together.
+DEMO_TASKS ?= 6 8 1 7
 TRAINING_RUN ?= training_runs/libero_goal_small
 TRAIN_ARGS ?= --arch small --epochs 2.5 --batch-size 8 --threads 2
 TRAINED_CHECKPOINT ?= models/libero_goal_small

@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 pytest.importorskip('libero', reason='the LIBERO simulation extra is not installed (make setup-sim)')
 from ctr_vla_ros.data.libero_hdf5 import DemoFileReader  # noqa: E402
 from ctr_vla_ros.evaluation.starts import Start, starts  # noqa: E402
-from ctr_vla_ros.sim.expert import PASS_THROUGH, LiberoGoalExpert  # noqa: E402
+from ctr_vla_ros.sim.expert import GRIPPER_STEPS, OPEN, PASS_THROUGH, LiberoGoalExpert  # noqa: E402
 from ctr_vla_ros.sim.libero_env import LiberoSimulation  # noqa: E402
 from ctr_vla_ros.sim.perturbation import PerturbedExecution, Perturbation  # noqa: E402
 from ctr_vla_ros.tools import record_demos  # noqa: E402
@@ -165,7 +165,9 @@ def test_perturbed_demonstration_labels_the_clean_actions_and_resumes(tmp_path):
         np.testing.assert_array_equal(getattr(strided, field), getattr(sequential, field), err_msg=field)
     with DemoFileReader(files['put_the_bowl_on_the_plate_demo.hdf5']) as reader:
         demonstration = reader.read('demo_0')
-    assert demonstration.start == 'sampled-10000' and len(demonstration) == episodes[0].steps
+    # LIBERO's success fires as the bowl touches the plate; the descent and the release are recorded to their end.
+    assert demonstration.start == 'sampled-10000' and len(demonstration) > episodes[0].steps
+    np.testing.assert_array_equal(demonstration.actions[-GRIPPER_STEPS:, 6], OPEN)
     assert json.loads(demonstration.perturbation) == perturbation.to_json()
     difference = demonstration.executed_actions - demonstration.actions
     assert 0.05 < difference[:, :6].std() < 0.3

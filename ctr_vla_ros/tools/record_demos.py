@@ -1,12 +1,13 @@
 """Record LIBERO-Goal demonstrations with the scripted expert, in LIBERO's HDF5 layout, or measure its success.
 
-    python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 0 39 --sampled-inits 10000 10079 \
+    python -m ctr_vla_ros.tools.record_demos --tasks 1 6 7 8 --init-states 0 39 --sampled-inits 10000 10079 \
         --action-noise 0.1 --push-rate 0.01 --gripper-rate 0.003 --workers 2 --output demos/
-    python -m ctr_vla_ros.tools.record_demos --tasks 1 4 7 8 --init-states 40 49 --measure --action-noise 0.1
+    python -m ctr_vla_ros.tools.record_demos --tasks 1 6 7 8 --init-states 40 49 --measure --action-noise 0.1
 
 One episode per (task, start): LIBERO's fixed initial states (`--init-states`) and placements drawn from the task's
-BDDL regions with a seed (`--sampled-inits`). Only successful episodes are written, each as soon as it ends, one
-file per task named like the official ones (`put_the_bowl_on_the_plate_demo.hdf5`); `--workers N` records N tasks
+BDDL regions with a seed (`--sampled-inits`). Only successful episodes are written, each as soon as it ends (with
+the rest of a release that the success interrupted), one file per task named like the official ones
+(`put_the_bowl_on_the_plate_demo.hdf5`); `--workers N` records N tasks
 at once, one process each. With perturbed execution (`--action-noise`, `--push-rate`, `--gripper-rate`, see
 `sim/perturbation.py`) the arm executes perturbed actions and the expert's clean ones are the labels, so the
 demonstrations show how to come back from a policy's errors. `--frame-stride K` renders the cameras every K-th step
@@ -110,10 +111,32 @@ def run_episode(simulation: LiberoSimulation, start: Start, perturbation: Pertur
             frames.add(observation, simulation.sim_state(), action, executed)
         observation = simulation.step(executed, render=keep_frames and (step + 1) % frame_stride == 0)
         if observation.success:
-            demonstration = (frames.demonstration(simulation.model_xml(), start, perturbation)
-                             if frames is not None else None)
+            demonstration = None
+            if frames is not None:
+                _record_release(simulation, expert, execution, frames, observation, step + 1, max_steps)
+                demonstration = frames.demonstration(simulation.model_xml(), start, perturbation)
             return Episode(simulation.task_id, start.key, True, step + 1, segments, demonstration)
     return Episode(simulation.task_id, start.key, False, max_steps, segments, None)
+
+
+# The expert's last phases of a placement: LIBERO's success fires as soon as the held object touches its destination.
+PLACING_PHASES = ('lower onto the destination', 'release')
+
+
+def _record_release(simulation: LiberoSimulation, expert: LiberoGoalExpert, execution: PerturbedExecution,
+                    frames: _Frames, observation: Observation, step: int, max_steps: int) -> None:
+    """The rest of a placement that the task's success interrupted. LIBERO's success fires when the held object
+    touches its destination, during the last centimetres of the descent or the first steps of the release, so a
+    demonstration that ended there would hardly ever show the gripper opening: the policy learns to carry the object
+    to the release point and hover there. The descent and the release (GRIPPER_STEPS) are recorded to their end; a
+    demonstration that ends in any other phase (turning a knob, opening a drawer) is left as it is."""
+    for placing_step in range(step, max_steps):
+        action = expert.act(observation)
+        if expert.phase not in PLACING_PHASES:
+            return
+        executed = execution.executed(action)
+        frames.add(observation, simulation.sim_state(), action, executed)
+        observation = simulation.step(executed, render=(placing_step + 1) % frames.frame_stride == 0)
 
 
 def record(task_ids: list[int], chosen: list[Start], perturbation: Perturbation, output: Path, resolution: int,
