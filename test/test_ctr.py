@@ -246,6 +246,28 @@ def test_a_reuse_query_that_asks_for_precision_is_rerun_with_full_recompute(chec
     assert precise.predict(*inputs(libero_sequence, 2)).report.keyframe_reason == 'precise'
 
 
+def test_a_reuse_query_whose_chunk_jumps_is_rerun_with_full_recompute(checkpoint, libero_sequence):
+    reuse, guarded = make_policy(checkpoint, REUSE_EVERYTHING), make_policy(checkpoint, REUSE_EVERYTHING)
+    first = [policy.predict(*inputs(libero_sequence, 0)) for policy in (reuse, guarded)][1]
+    reused = reuse.predict(*inputs(libero_sequence, 19))
+    jump = float(np.linalg.norm(reused.normalized_actions[0, :3] - first.normalized_actions[-1, :3]))
+    plain = plain_model(guarded, *inputs(libero_sequence, 19))
+    assert np.abs(reused.normalized_actions - plain).max() > 1e-3  # what the reuse run predicted differs
+    # A threshold above the jump lets the reused chunk through ...
+    guarded.engine.config = REUSE_EVERYTHING.replace(consistency_threshold=jump * 1.01)
+    through = guarded.predict(*inputs(libero_sequence, 19))
+    assert through.report.keyframe_reason == ''
+    assert np.abs(through.normalized_actions - reused.normalized_actions).max() <= EXACT
+    # ... one below it re-runs the query with full recompute and acts on that, both runs counted.
+    guarded.engine.reset()
+    guarded.predict(*inputs(libero_sequence, 0))
+    guarded.engine.config = REUSE_EVERYTHING.replace(consistency_threshold=jump * 0.99)
+    second = guarded.predict(*inputs(libero_sequence, 19))
+    assert second.report.keyframe_reason == 'consistency'
+    assert np.abs(second.normalized_actions - plain).max() <= EXACT
+    assert second.report.flops.total == pytest.approx(reused.report.flops.total + first.report.flops.total)
+
+
 def test_a_query_that_reused_nothing_is_not_rerun(checkpoint, libero_sequence):
     nothing_static = REUSE_EVERYTHING.replace(difference_threshold=0.0)
     policy = make_policy(checkpoint, nothing_static)
@@ -387,6 +409,8 @@ def test_config_validation_and_yaml(checkpoint, tmp_path):
         CtrConfig(keyframe_interval=0)
     with pytest.raises(ValueError, match='precise_speed and precise_gripper_change must be >= 0'):
         CtrConfig(precise_gripper_change=-0.5)
+    with pytest.raises(ValueError, match='consistency_threshold must be >= 0'):
+        CtrConfig(consistency_threshold=-0.1)
     with pytest.raises(ValueError, match='static_metric must be one of'):
         CtrConfig(static_metric='ssim')
     with pytest.raises(ValueError, match='must be true or false'):

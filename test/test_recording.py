@@ -173,7 +173,8 @@ def test_sweep_checks_its_best_settings_in_closed_loop(converted, tiny_checkpoin
     code = sweep.main([str(converted), '--checkpoint', str(tiny_checkpoint), '--unnorm-key', UNNORM_KEY,
                        '--output', str(output), '--limit', '4', '--max-deviation', '1.0', '--thresholds', '0.004',
                        '--cosine-thresholds', '--top-k', '32', '--caps', '0', '--keyframe-intervals', '5',
-                       '--prune-layers', '-1', '1', '--precise-speeds', '0', '0.4', '--closed-loop', '1',
+                       '--prune-layers', '-1', '1', '--precise-speeds', '0', '0.4', '--consistency-thresholds', '0', '0.5',
+                       '--closed-loop', '1',
                        '--eval-tasks', '0', '--eval-init-states', '40', '40', '--eval-max-steps', '12',
                        '--workers', '1'])
     result = json.loads((output / 'sweep.json').read_text())
@@ -182,6 +183,7 @@ def test_sweep_checks_its_best_settings_in_closed_loop(converted, tiny_checkpoin
             'gray0.004_k32_cap0_kf5_prune1_precise0.4g0'} <= set(points)
     assert points['gray0.004_k32_cap0_kf5_prune1']['config']['attention_layer'] == 0
     assert points['gray0.004_k32_cap0_kf5_precise0.4g0']['config']['precise_speed'] == 0.4
+    assert points['gray0.004_k32_cap0_kf5_guard0.5']['config']['consistency_threshold'] == 0.5
     best = max(points, key=lambda name: points[name]['flops_reduction'])
     # The random-weight policy fails every episode with or without reuse: success is kept, so the best is chosen.
     assert code == 0 and set(result['closed_loop']) == {'off', 'paper', best} and result['recommended'] == best

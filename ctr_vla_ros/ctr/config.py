@@ -66,6 +66,12 @@ class CtrConfig:
     precise_speed: float = 0.0
     precise_gripper_change: float = 0.0
     precise_requery: bool = True
+    # Consistency guard: a query that reused tokens and whose chunk starts more than `consistency_threshold` away from
+    # where the previous chunk ended (the norm of the difference of the first three normalised action dimensions,
+    # the end-effector translation) is re-run at once with full recompute and acts on that chunk (both runs count in
+    # its FLOPs; reason 'consistency'; 0: never). The policy's chunks join up smoothly when nothing unexpected happens,
+    # so a jump right after reuse points at stale tokens rather than at the scene.
+    consistency_threshold: float = 0.0
     # Mask-consistency ablation: scale the static threshold on one side only (1.0 and 1.0 = one unified mask).
     vision_threshold_scale: float = 1.0
     llm_threshold_scale: float = 1.0
@@ -97,6 +103,8 @@ class CtrConfig:
         if self.precise_speed < 0 or self.precise_gripper_change < 0:
             problems.append(f'precise_speed and precise_gripper_change must be >= 0 (0: off), got '
                             f'{self.precise_speed} and {self.precise_gripper_change}')
+        if self.consistency_threshold < 0:
+            problems.append(f'consistency_threshold must be >= 0 (0: off), got {self.consistency_threshold}')
         if self.row_bucket < 1:
             problems.append(f'row_bucket must be >= 1, got {self.row_bucket}')
         if self.keyframe_interval < 1:

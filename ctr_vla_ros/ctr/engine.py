@@ -211,6 +211,7 @@ class CtrEngine:
         self._cache: _Cache | None = None
         self._pending_reason = 'first_query'
         self._precise = False  # the last chunk asked for precise mode (see precise_chunk)
+        self._last_action: torch.Tensor | None = None  # the last chunk's last normalised action (consistency guard)
         self.visual_noise: VisualNoise | None = None  # the fragility control only (see VisualNoise)
         self._noise_generator = torch.Generator()
         # Allocated once and written in place (captured graphs read them): the step's inputs and every cache.
@@ -246,6 +247,7 @@ class CtrEngine:
         self._cache = None
         self._pending_reason = reason
         self._precise = False
+        self._last_action = None
         self.reset_count += 1
         if self.visual_noise is not None:
             self._noise_generator.manual_seed(self.visual_noise.seed)
@@ -276,15 +278,28 @@ class CtrEngine:
         reason = self._keyframe_reason(query, now)
         normalized, report = self._compute(query, now, reason)
         precise = precise_chunk(normalized, self.config)
-        if precise and self.config.precise_requery and (report.vision_reuse.any() or report.llm_reuse.any()):
-            # The chunk that asks for precision came from reused tokens: act on a full recompute of the same inputs.
+        rerun = ''
+        if report.vision_reuse.any() or report.llm_reuse.any():
+            if precise and self.config.precise_requery:
+                rerun = 'precise_requery'  # the chunk that asks for precision came from reused tokens
+            elif self._inconsistent(normalized):
+                rerun = 'consistency'
+        if rerun:  # act on a full recompute of the same inputs
             reused = report
-            normalized, report = self._compute(query, now, 'precise_requery')
+            normalized, report = self._compute(query, now, rerun)
             report.flops, report.times = reused.flops + report.flops, reused.times + report.times
             precise = precise_chunk(normalized, self.config)
         self._precise = precise
+        self._last_action = normalized[-1].clone()
         self.query_index += 1
         return normalized, report
+
+    def _inconsistent(self, normalized: torch.Tensor) -> bool:
+        """Does this chunk start further than `consistency_threshold` from where the previous one ended?"""
+        threshold = self.config.consistency_threshold
+        if threshold <= 0 or self._last_action is None:
+            return False
+        return float((normalized[0, :3] - self._last_action[:3]).norm()) > threshold
 
     def _compute(self, query: ModelInput, now: float, reason: str) -> tuple[torch.Tensor, StepReport]:
         """One run of the model on this query: a keyframe if `reason` is set, with reuse otherwise."""

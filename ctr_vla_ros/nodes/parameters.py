@@ -105,6 +105,8 @@ def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
         'precise_gripper_change': 'precise mode: full recompute while the predicted gripper command spans more than '
                                   'this within a chunk (0: never)',
         'precise_requery': 'precise mode: a reuse query that predicts a precise chunk is re-run with full recompute',
+        'consistency_threshold': 'a reuse query whose chunk starts further than this (normalised translation) from '
+                                 'where the last chunk ended is re-run with full recompute (0: never)',
         'vision_threshold_scale': 'ablation: static-threshold scale on the vision side only',
         'llm_threshold_scale': 'ablation: static-threshold scale on the LLM side only',
         'row_bucket': 'pad recomputed rows to a multiple of this (static shapes; 1: exact counts)',

@@ -39,20 +39,23 @@ def grid(base: CtrConfig, args: argparse.Namespace) -> dict[str, CtrConfig]:
     thresholds = ([('gray_difference', value) for value in args.thresholds]
                   + [('rgb_cosine', value) for value in args.cosine_thresholds])
     settings = {}
-    # Precise mode keeps the recording's own settings unless the command line sweeps it.
-    precise = itertools.product(args.precise_speeds or [base.precise_speed],
-                                args.precise_gripper_changes or [base.precise_gripper_change])
-    for (metric, threshold), top_k, cap, interval, prune, (speed, gripper) in itertools.product(
-            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers, precise):
+    # Precise mode and the consistency guard keep the recording's own settings unless the command line sweeps them.
+    precise = list(itertools.product(args.precise_speeds or [base.precise_speed],
+                                     args.precise_gripper_changes or [base.precise_gripper_change]))
+    guards = args.consistency_thresholds or [base.consistency_threshold]
+    for (metric, threshold), top_k, cap, interval, prune, (speed, gripper), guard in itertools.product(
+            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers, precise, guards):
         threshold_field = 'difference_threshold' if metric == 'gray_difference' else 'cosine_threshold'
         name = f"{'gray' if metric == 'gray_difference' else 'cos'}{threshold:g}_k{top_k}_cap{cap}_kf{interval}"
         name += f'_prune{prune}' if prune >= 0 else ''
         name += f'_precise{speed:g}g{gripper:g}' if speed > 0 or gripper > 0 else ''
+        name += f'_guard{guard:g}' if guard > 0 else ''
         # A pruned setting's task relevance is read at layer 0, which every token reaches.
         pruning = {'llm_prune_layer': prune, 'attention_layer': 0} if prune >= 0 else {}
         settings[name] = base.replace(
             enabled=True, static_metric=metric, top_k=top_k, max_reuse_per_image=cap, keyframe_interval=interval,
-            precise_speed=speed, precise_gripper_change=gripper, **{threshold_field: threshold}, **pruning)
+            precise_speed=speed, precise_gripper_change=gripper, consistency_threshold=guard,
+            **{threshold_field: threshold}, **pruning)
     return settings
 
 
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--precise-gripper-changes', type=float, nargs='+',
                         help="precise_gripper_change values (precise mode when the gripper command moves more; "
                         "0: never; default: the recording's)")
+    parser.add_argument('--consistency-thresholds', type=float, nargs='+',
+                        help="consistency_threshold values (a reuse chunk that jumps further is recomputed; 0: never; "
+                        "default: the recording's)")
     closed_loop = parser.add_argument_group('closed loop', 'check the best settings in a LIBERO simulation')
     closed_loop.add_argument('--closed-loop', type=int, default=0, metavar='N',
                              help='evaluate the N acceptable settings that save the most FLOPs (0: none)')
