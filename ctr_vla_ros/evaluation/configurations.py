@@ -35,6 +35,9 @@ CONFIGS: dict[str, CtrConfig] = {
     # fast_pruned with relevance ranked by the positions the action head reads (relevance_queries 'action'), whose
     # attention is meaningful from LLM layer 1 on: the probe reads layer 1 and pruning starts at layer 2.
     'fast_pruned_action': PRESETS['fast'].replace(llm_prune_layer=2, attention_layer=1, relevance_queries='action'),
+    # prune_static with the consistency guard at 0.4: on small_llm4 with full recompute, 95% of consecutive chunks
+    # start within 0.4 (normalised translation) of where the previous one ended (3925 pairs of the 201-episode run).
+    'prune_static_guarded': PRESETS['prune_static'].replace(consistency_threshold=0.4),
 }
 FRAGILITY = 'fragility'
 FRAGILITY_OF = 'paper'  # the configuration whose deviation the fragility control reproduces
