@@ -84,10 +84,13 @@ DEMO_WORKERS ?= 2
 DEMO_FRAME_STRIDE ?= 4
 # Longest first, so that the workers (one task each at a time) finish together.
 DEMO_TASKS ?= 6 8 1 7
-TRAINING_RUN ?= training_runs/libero_goal_small
-TRAIN_ARGS ?= --arch small --epochs 2.5 --batch-size 8 --threads 2
-TRAINED_CHECKPOINT ?= models/libero_goal_small
-EVAL_CONFIGS ?= off paper patch_reference fast
+# `make train` continues training the committed policy (run 3's recipe in the README), publishing every better
+# export into models/; from random weights: TRAIN_ARGS="--arch small_llm4 --steps 2400 --batch-size 8 --threads 2".
+TRAINING_RUN ?= training_runs/libero_goal_small_llm4
+TRAIN_ARGS ?= --init-checkpoint models/libero_goal_small_llm4 --steps 3000 --batch-size 8 --threads 2 \
+    --validation-interval 375 --publish models/libero_goal_small_llm4
+TRAINED_CHECKPOINT ?= models/libero_goal_small_llm4
+EVAL_CONFIGS ?= off paper fast prune_static
 EVAL_INIT_STATES ?= 40 49
 EVAL_SAMPLED ?= 0 39
 EVAL_WORKERS ?= 2
