@@ -173,8 +173,8 @@ def test_sweep_checks_its_best_settings_in_closed_loop(converted, tiny_checkpoin
     code = sweep.main([str(converted), '--checkpoint', str(tiny_checkpoint), '--unnorm-key', UNNORM_KEY,
                        '--output', str(output), '--limit', '4', '--max-deviation', '1.0', '--thresholds', '0.004',
                        '--cosine-thresholds', '--top-k', '32', '--caps', '0', '--keyframe-intervals', '5',
-                       '--prune-layers', '-1', '1', '--precise-speeds', '0', '0.4', '--consistency-thresholds', '0', '0.5',
-                       '--closed-loop', '1',
+                       '--prune-layers', '-1', '1', '--precise-speeds', '0', '0.4',
+                       '--consistency-thresholds', '0', '0.5', '--closed-loop', '1',
                        '--eval-tasks', '0', '--eval-init-states', '40', '40', '--eval-max-steps', '12',
                        '--workers', '1'])
     result = json.loads((output / 'sweep.json').read_text())
