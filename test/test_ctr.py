@@ -72,7 +72,10 @@ def test_disabled_engine_equals_plain_model_every_query(checkpoint, libero_seque
     REUSE_EVERYTHING.replace(top_k=150),  # a partial mask: recomputed rows attend over cached rows
     REUSE_EVERYTHING.replace(top_k=40, max_reuse_per_image=100, static_metric='rgb_cosine',
                              cosine_threshold=-1.0),
-], ids=['all-reused', 'llm-only', 'vision-only', 'llm-from-layer-1', 'partial', 'capped-cosine'])
+    REUSE_EVERYTHING.replace(llm_prune_layer=1, attention_layer=0),  # nothing changed: nothing stale to prune
+    REUSE_EVERYTHING.replace(top_k=150, llm_prune_layer=2, attention_layer=0),
+], ids=['all-reused', 'llm-only', 'vision-only', 'llm-from-layer-1', 'partial', 'capped-cosine', 'pruning',
+        'partial-pruning'])
 def test_identical_inputs_with_reuse_equal_plain_model(checkpoint, libero_sequence, config):
     policy = make_policy(checkpoint, config)
     first = policy.predict(*inputs(libero_sequence, 5))
@@ -110,22 +113,27 @@ def pruned_reference(policy, query_inputs, reuse_llm, prune_layer):
 
 @pytest.mark.parametrize('top_k', [0, 150], ids=['all-reused', 'partial'])
 def test_pruning_equals_the_plain_model_with_reused_tokens_masked_out(checkpoint, libero_sequence, top_k):
-    """From llm_prune_layer on, reused visual tokens are neither computed nor attended; below it they keep their
-    cached keys and values, exact at layer 0 for an identical input."""
+    """Once an input differs from the keyframe's (here the robot state, the images unchanged), reused visual tokens
+    are neither computed nor attended from llm_prune_layer on; below it they keep their cached keys and values, exact
+    at layer 0 for an unchanged image. It lasts until the next keyframe, unchanged inputs again included."""
     config = REUSE_EVERYTHING.replace(top_k=top_k, llm_prune_layer=1, attention_layer=0)
     policy = make_policy(checkpoint, config)
-    policy.predict(*inputs(libero_sequence, 5))
-    second = policy.predict(*inputs(libero_sequence, 5))
-    report = second.report
-    assert report.keyframe_reason == '' and report.llm_reuse.mean() > 0.3
-    reuse = report.patch_states == PatchState.REUSED
-    np.testing.assert_array_equal(reuse.mean(axis=1), report.llm_reuse)
-    reference = pruned_reference(policy, inputs(libero_sequence, 5), reuse, prune_layer=1)
-    assert np.abs(second.normalized_actions - reference).max() <= EXACT
-    assert np.abs(second.normalized_actions - plain_model(policy, *inputs(libero_sequence, 5))).max() > 1e-4, \
-        'pruning must change the output'
+    images, proprio, instruction = inputs(libero_sequence, 5)
+    moved = (images, libero_sequence['proprio8'][6], instruction)
+    assert not np.array_equal(moved[1], proprio)
+    policy.predict(images, proprio, instruction)
+    for _ in range(2):
+        second = policy.predict(*moved)
+        report = second.report
+        assert report.keyframe_reason == '' and report.llm_reuse.mean() > 0.3
+        reuse = report.patch_states == PatchState.REUSED
+        np.testing.assert_array_equal(reuse.mean(axis=1), report.llm_reuse)
+        reference = pruned_reference(policy, moved, reuse, prune_layer=1)
+        assert np.abs(second.normalized_actions - reference).max() <= EXACT
+        assert np.abs(second.normalized_actions - plain_model(policy, *moved)).max() > 1e-4, \
+            'pruning must change the output'
     # Layer 0 attends over the whole sequence (cached keys included), the layers above over the computed positions.
-    prompt_length = len(policy.prepare(*inputs(libero_sequence, 5)).prompt_ids)
+    prompt_length = len(policy.prepare(*moved).prompt_ids)
     length = checkpoint.model.layout(prompt_length).length
     computed, layers = length - int(reuse.sum()), checkpoint.architecture.llm.num_layers
     expected = count_step_flops(checkpoint.architecture, prompt_length, [0, 0], [computed] * layers,
@@ -162,8 +170,8 @@ def test_mask_compares_with_the_pixels_that_produced_the_cache(checkpoint, liber
                                                                expected_third_state):
     """Drift of one grey level per query stays under the threshold (1/255 < 0.004) step to step, but after two
     queries it is 2/255 away from the pixels the cached state was computed from."""
-    config = CtrConfig(top_k=0, max_reuse_per_image=0, keyframe_interval=1000, input_timeout=1e6,
-                       reference=reference)
+    config = CtrConfig(difference_threshold=0.004, top_k=0, max_reuse_per_image=0, keyframe_interval=1000,
+                       input_timeout=1e6, reference=reference)
     policy = make_policy(checkpoint, config)
     primary = libero_sequence['agentview'][0][16:240, 16:240]  # 224x224: the model sees it unchanged
     wrist = libero_sequence['wrist'][0][16:240, 16:240]
@@ -344,7 +352,7 @@ def test_task_relevance_ranks_by_the_attention_of_the_prompt_or_the_action_posit
                                                                                       relevance_queries):
     """The scores a query's mask uses are the previous query's attention onto each visual token at the probe layer,
     averaged over heads and over the prompt's positions or the positions the action head reads."""
-    config = CtrConfig(attention_layer=1, relevance_queries=relevance_queries)
+    config = CtrConfig(attention_layer=1, llm_prune_layer=-1, relevance_queries=relevance_queries)
     policy = make_policy(checkpoint, config)
     first = policy.prepare(*inputs(libero_sequence, 0))
     _, keyframe = policy.engine.step(first, timestamp=0.0)
@@ -424,14 +432,16 @@ def test_the_paper_preset_is_the_papers_method():
     assert (paper.difference_threshold, paper.top_k, paper.keyframe_interval, paper.max_reuse_per_image,
             paper.reference, paper.static_metric) == (0.004, 160, 5, 120, 'query', 'gray_difference')
     assert paper.vision_reuse and paper.llm_reuse and paper.unified and paper.llm_reuse_start_layer == 0
+    assert paper.llm_prune_layer == -1 and paper.attention_layer == -1  # cached keys/values at every layer
     assert PRESETS['patch_reference'] == paper.replace(reference='patch')
-    assert CtrConfig() == paper  # the node's default until the per-patch reference is shown at least as good
+    assert CtrConfig.from_yaml(REPO / 'config' / 'ctr_paper.yaml') == paper
 
 
-def test_prune_static_is_fast_pruned_above_layer_0_and_its_parameter_file_says_so():
+def test_the_default_is_prune_static_fast_pruned_above_layer_0():
     prune_static = PRESETS['prune_static']
     assert prune_static == PRESETS['fast'].replace(llm_prune_layer=1, attention_layer=0)
-    assert CtrConfig.from_yaml(REPO / 'config' / 'ctr_prune_static.yaml') == prune_static
+    assert CtrConfig() == prune_static
+    assert CtrConfig.from_yaml(REPO / 'config' / 'ctr_vla.yaml') == prune_static
 
 
 def test_the_fragility_control_perturbs_keys_and_values_by_the_size_asked_for(checkpoint, libero_sequence):

@@ -91,7 +91,7 @@ def test_the_runner_reads_the_policy_node_settings_from_its_parameter_files(tmp_
     from ctr_vla_ros.tools.node_processes import CONFIG, parameter_file_values, robot_config
 
     values = parameter_file_values('ctr_vla_policy', [CONFIG, robot_config('sim')])
-    assert values['execution_mode'] == 'open_loop' and values['ctr.top_k'] == 160
+    assert values['execution_mode'] == 'open_loop' and values['ctr.top_k'] == 32
     assert values['camera_names'] == ['primary', 'wrist']  # from the /** section
     override = tmp_path / 'override.yaml'
     override.write_text('ctr_vla_policy:\n  ros__parameters:\n    max_translation_step: [0.01, 0.02, 0.03]\n'

@@ -265,7 +265,7 @@ def test_recorder_records_the_policy_and_replay_reproduces_it(tiny_checkpoint, l
     assert counts['/instruction'] == 1 and counts[f'{NODE}/ee_delta'] > counts[f'{NODE}/action_chunk']
     assert counts['/camera/primary/image_raw'] > 20 and counts['/robot_state'] > 20
     settings = recording.policy_settings
-    assert settings['checkpoint'] == str(tiny_checkpoint) and settings['ctr.top_k'] == 160
+    assert settings['checkpoint'] == str(tiny_checkpoint) and settings['ctr.top_k'] == 32
 
     first = paths[0]
     assert len(first.poses) == 9  # the current pose and one per action of the chunk

@@ -126,13 +126,15 @@ class CallLog(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@pytest.mark.parametrize('config', ['fast', 'prune_static'])
 @pytest.mark.parametrize('row_bucket', [1, BUCKET])
-def test_between_the_mask_and_the_actions_the_step_never_waits_for_the_device(row_bucket, tiny_checkpoint,
+def test_between_the_mask_and_the_actions_the_step_never_waits_for_the_device(config, row_bucket, tiny_checkpoint,
                                                                                 libero_sequence):
-    """By construction: the step reads the device once before the model runs (the row counts), then nothing until
-    the model's last operation; on a GPU each read below would be a host synchronisation."""
+    """By construction: the step reads the device once before the model runs (the row counts, and with pruning
+    whether the inputs changed), then nothing until the model's last operation; on a GPU each read below would be a
+    host synchronisation."""
     checkpoint = load_checkpoint(tiny_checkpoint)
-    policy = VlaPolicy(checkpoint, UNNORM_KEY, center_crop=False, ctr=PRESETS['fast'].replace(row_bucket=row_bucket))
+    policy = VlaPolicy(checkpoint, UNNORM_KEY, center_crop=False, ctr=PRESETS[config].replace(row_bucket=row_bucket))
     for index in range(2):
         query = policy.prepare(*drifting_inputs(libero_sequence, index))
         log = CallLog()

@@ -45,7 +45,7 @@ from ctr_vla_ros.policy import Prediction, VlaPolicy
 REPO = Path(__file__).resolve().parents[2]
 SEQUENCES = sorted((REPO / 'data' / 'libero').glob('*.npz'))
 UNNORM_KEY = 'libero_spatial_no_noops'
-CONFIGURATIONS = ('off', 'paper', 'fast')
+CONFIGURATIONS = ('off', 'paper', 'fast', 'prune_static')
 MODES = {'eager': {'row_bucket': 1, 'cuda_graphs': False}, 'graphs': {'row_bucket': 32, 'cuda_graphs': True}}
 # Off a GPU (the suite's run of this script on a tiny model) the padded shapes run without graphs.
 CPU_MODES = {'eager': MODES['eager'], 'padded': {'row_bucket': 32, 'cuda_graphs': False}}

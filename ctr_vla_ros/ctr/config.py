@@ -24,26 +24,26 @@ class CtrConfig:
     llm_reuse: bool = True
     # Static patches: mean absolute grayscale difference in [0, 1] below `difference_threshold`, or RGB cosine
     # similarity above `cosine_threshold` (VLA-Cache's metric).
+    # The defaults are the `prune_static` preset (see PRESETS), the rule that kept full recompute's success.
     static_metric: str = 'gray_difference'
-    difference_threshold: float = 0.004
+    difference_threshold: float = 0.02
     cosine_threshold: float = 0.996
     # What a patch is compared with: 'query' = the previous query's image (the paper); 'patch' = the pixels it had
-    # when it was last recomputed, so slow drift cannot accumulate unnoticed over queries (this package's variant,
-    # the `patch_reference` preset: measured equal to 'query' so far, so the paper's 'query' stays the default).
-    reference: str = 'query'
+    # when it was last recomputed, so slow drift cannot accumulate unnoticed over queries.
+    reference: str = 'patch'
     # Task relevance: the top_k visual tokens (over all cameras) by the previous query's prompt-to-vision attention
     # at LLM layer `attention_layer` (negative counts from the last layer) are always recomputed.
-    top_k: int = 160
-    attention_layer: int = -1
+    top_k: int = 32
+    attention_layer: int = 0
     # Whose attention ranks the visual tokens: 'prompt' (the instruction's tokens, the paper and VLA-Cache) or
     # 'action' (the positions the action head reads, SpecPrune-VLA's alternative): what the actions are decoded from
     # reads the goal object even where the instruction's words look elsewhere (a static plate that reuse would
     # otherwise prune during the carry).
     relevance_queries: str = 'prompt'
     # At most this many reused patches per image (0: no cap). The public OpenVLA-OFT setting is 120 of 256.
-    max_reuse_per_image: int = 120
+    max_reuse_per_image: int = 0
     # Every keyframe_interval-th query recomputes everything and refreshes every cache.
-    keyframe_interval: int = 5
+    keyframe_interval: int = 10
     # A gap between queries longer than this (seconds) forces a keyframe.
     input_timeout: float = 1.0
     # LLM layers before this one compute every position; from it on, reused visual positions keep cached K/V.
@@ -52,8 +52,10 @@ class CtrConfig:
     # keeping cached K/V (-1: never, the paper). Why: the LLM is bidirectional, so a cached token's K/V above layer 0
     # were computed from an earlier query's whole sequence (its proprio, its moving patches) and carry that stale
     # context into the action; at layer 0 they depend on the token alone and are exact for a reused vision state.
+    # While every query since the keyframe had exactly the keyframe's inputs, nothing cached is stale and the cached
+    # keys/values are kept instead (so reuse on unchanged inputs reproduces the full recompute with pruning too).
     # The task-relevance probe (attention_layer) must read a layer before it, where every token still has keys.
-    llm_prune_layer: int = -1
+    llm_prune_layer: int = 1
     # Precise mode, an action-aware rule after SpecPrune-VLA's: while the arm is about to act on something (it moves
     # slowly, or the gripper command changes), every query recomputes everything, because a grasp or a release is
     # decided by the few pixels that move least. A predicted chunk (in normalised action units, OpenVLA-OFT's layout:
@@ -165,23 +167,23 @@ class CtrConfig:
         return '\n'.join(lines) + '\n'
 
 
-# Documented presets (see the README's CTR settings). Every preset spells out what it changes, so a change of the
-# defaults cannot silently change what a preset measures.
+# Documented presets (see the README's CTR settings). Every preset spells out the settings it chooses, so a change of
+# the defaults cannot silently change what a preset measures.
 PRESETS = {
     'off': CtrConfig(enabled=False),
-    # The CTR paper's method and settings exactly.
+    # The CTR paper's method and settings exactly: static tokens keep cached keys/values at every LLM layer.
     'paper': CtrConfig(difference_threshold=0.004, top_k=160, keyframe_interval=5, max_reuse_per_image=120,
-                       reference='query'),
+                       reference='query', attention_layer=-1, llm_prune_layer=-1),
     # The paper's settings, each patch compared with the pixels it was last recomputed from.
     'patch_reference': CtrConfig(difference_threshold=0.004, top_k=160, keyframe_interval=5,
-                                 max_reuse_per_image=120, reference='patch'),
+                                 max_reuse_per_image=120, reference='patch', attention_layer=-1, llm_prune_layer=-1),
     # More reuse: no per-image cap, fewer forced task-relevant patches, rarer keyframes, a looser threshold.
     'fast': CtrConfig(difference_threshold=0.02, top_k=32, keyframe_interval=10, max_reuse_per_image=0,
-                      reference='patch'),
-    # fast's mask, with the static visual tokens it marks pruned from the LLM above layer 0 instead of keeping
-    # keys/values cached from an earlier query's context; task relevance read at layer 0. On the trained policy: 54% of
-    # the FLOPs saved, 187 successes against full recompute's 188 in 200 paired episodes (README, Evaluation). Not
-    # exact on inputs identical to the cached step (a pruned token is absent above layer 0), so not the default.
+                      reference='patch', attention_layer=-1, llm_prune_layer=-1),
+    # The default: fast's mask, with the static visual tokens it marks pruned from the LLM above layer 0 instead of
+    # keeping keys/values cached from an earlier query's context; task relevance read at layer 0. On the trained
+    # policy: 54% of the FLOPs saved, 187 successes against full recompute's 188 in 200 paired episodes, where the
+    # paper's method loses 12 (README, Evaluation).
     'prune_static': CtrConfig(difference_threshold=0.02, top_k=32, keyframe_interval=10, max_reuse_per_image=0,
                               reference='patch', attention_layer=0, llm_prune_layer=1),
 }

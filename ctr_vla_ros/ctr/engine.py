@@ -11,7 +11,9 @@ Per query:
    The projector runs on recomputed patches only; its cached output stands in for reused ones.
 4. LLM: reused visual positions keep their cached K/V (from `llm_reuse_start_layer` on); every other position is
    computed with RoPE at its absolute position and attends to the full K/V with no mask, as the baseline. From
-   `llm_prune_layer` on (if set) reused positions are left out instead: the computed ones attend among themselves.
+   `llm_prune_layer` on (if set) reused positions are left out instead: the computed ones attend among themselves;
+   except while every query since the keyframe had exactly the keyframe's inputs (images, proprio, prompt), when
+   the cached keys/values above layer 0 were computed in this very sequence, carry nothing stale, and are kept.
    At one layer, one extra small matmul measures prompt-to-vision (or action-to-vision) attention for the next
    query's task-relevant set.
 5. The action head reads the final-norm hidden states one position left of the action slots.
@@ -19,7 +21,7 @@ Per query:
    a query that reused tokens and predicted such a chunk is re-run at once with full recompute (`precise_chunk`).
 
 With a zero mask, or with inputs identical to those that produced the cache and every patch reused, the output
-equals the plain model's (tests check both).
+equals the plain model's, with or without pruning (tests check both).
 
 The step's shapes: each image's recomputed rows and the LLM's are counted in one read from the device right after
 the mask (the only wait before the actions are read), selected on the device, and padded to a multiple of
@@ -129,6 +131,12 @@ class _Cache:
     camera_shapes: tuple[tuple[int, ...], ...]
     queries_since_keyframe: int
     last_time: float
+    # The last query's model images and proprio, and whether every query since the keyframe had exactly its inputs:
+    # then the cached keys/values above layer 0 carry no other query's context, and pruning keeps them (see
+    # CtrConfig.llm_prune_layer), so that reuse on unchanged inputs reproduces the full recompute with pruning too.
+    last_images: torch.Tensor
+    last_proprio: torch.Tensor
+    unchanged_since_keyframe: bool = True
 
 
 @dataclasses.dataclass
@@ -317,21 +325,34 @@ class CtrEngine:
         else:
             masks = decide_masks(images, self._cache.references, previous_scores, config)
         reuse_vision, reuse_llm = masks.reuse_vision, masks.reuse_llm
-        # The one read before the model runs: the row counts, which choose the shapes to run.
-        counts = torch.cat([(~reuse_vision).sum(dim=1), (~reuse_llm).sum().view(1)]).tolist()
+        proprio = query.normalized_proprio.to(self.device)
+        # With pruning: are the inputs still exactly the keyframe's (see _Cache.unchanged_since_keyframe)?
+        compare = not reason and config.llm_prune_layer >= 0 and self._cache.unchanged_since_keyframe
+        reads = [(~reuse_vision).sum(dim=1), (~reuse_llm).sum().view(1)]
+        if compare:
+            same = (images == self._cache.last_images).all() & (proprio == self._cache.last_proprio).all()
+            reads.append(same.long().view(1))
+        # The one read before the model runs: the row counts, which choose the shapes to run, and that comparison.
+        values = torch.cat(reads).tolist()
+        counts = values[:num_images + 1]
         clock.span('mask', started, clock.mark())
 
         if reason:
-            self._cache = _Cache(images, torch.empty(0), query.prompt_ids, query.camera_shapes, 0, now)
+            self._cache = _Cache(images, torch.empty(0), query.prompt_ids, query.camera_shapes, 0, now, images,
+                                 proprio)
             self.keyframe_count += 1
         cache = self._cache
+        cache.unchanged_since_keyframe = bool(reason) or (compare and bool(values[-1]))
+        cache.last_images, cache.last_proprio = images, proprio
+        pruned = config.llm_prune_layer >= 0 and not cache.unchanged_since_keyframe
         prompt_length = len(query.prompt_ids)
         llm_buffers = self._prepare_llm(prompt_length)
         self._set_visual_noise(llm_buffers.caches, num_images * patches)
         self._embed_text(query, prompt_ids, llm_buffers, clock)
         self._pixel_values.copy_(query.pixel_values)
         computed_patches = self._encode_images(reuse_vision, counts[:-1], clock)
-        normalized, scores, llm_rows = self._run_llm(prompt_length, reuse_llm, counts[-1], llm_buffers, clock)
+        normalized, scores, llm_rows = self._run_llm(prompt_length, reuse_llm, counts[-1], pruned, llm_buffers,
+                                                     clock)
 
         self._update_references(images, reuse_vision | reuse_llm, cache, keyframe=bool(reason))
         cache.attention_scores = scores
@@ -449,11 +470,12 @@ class CtrEngine:
         return layout.prompt_positions if self.config.relevance_queries == 'prompt' else \
             layout.action_hidden_positions
 
-    def _llm_function(self, prompt_length: int, visual_rows: torch.Tensor, full: bool,
+    def _llm_function(self, prompt_length: int, visual_rows: torch.Tensor, full: bool, pruned: bool,
                       buffers: _LlmBuffers):  # noqa: ANN202
         """The LLM over BOS, the selected visual positions and every text position (`full`: every position, as
-        on a keyframe), then the action head; and the positions it computes per layer. The function returns the
-        normalised actions and the task-relevance attention scores of the probe layer."""
+        on a keyframe; `pruned`: reused positions left out from `llm_prune_layer` on), then the action head; and the
+        positions it computes per layer. The function returns the normalised actions and the task-relevance attention
+        scores of the probe layer."""
         model, config = self.model, self.config
         llm = model.language_model.model
         num_layers = len(llm.layers)
@@ -465,7 +487,7 @@ class CtrEngine:
         relevance_positions = torch.arange(relevance.start, relevance.stop, device=device)
         probe_layer = self.probe_layer if config.enabled else None
         start = num_layers if full else min(config.llm_reuse_start_layer, num_layers)
-        prune = num_layers if full or config.llm_prune_layer < 0 else config.llm_prune_layer
+        prune = config.llm_prune_layer if pruned and not full else num_layers
         slots = layout.num_action_slots
 
         def run(clock: _StageClock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -511,18 +533,19 @@ class CtrEngine:
         buffers.rest.copy_(rest)
         clock.span('llm', started, clock.mark())
 
-    def _run_llm(self, prompt_length: int, reuse: torch.Tensor, count: int, buffers: _LlmBuffers,
+    def _run_llm(self, prompt_length: int, reuse: torch.Tensor, count: int, pruned: bool, buffers: _LlmBuffers,
                  clock: _StageClock) -> tuple[torch.Tensor, torch.Tensor, LlmRows]:
         """Returns the normalised actions, the task-relevance attention scores measured at the probe layer, and
         the positions computed and attended per layer."""
         visual_tokens = reuse.numel()
-        if self._graphs is not None and ('llm', prompt_length, visual_tokens, True) not in self._graphs:
+        if self._graphs is not None and ('llm', prompt_length, visual_tokens, True, False) not in self._graphs:
             self._capture_llm_graphs(prompt_length, buffers)
         full = count == visual_tokens
+        pruned = pruned and not full
         bucket = self._bucket(count, visual_tokens)
         visual_rows = self._select('llm', ~reuse.flatten(), bucket)
-        function, computed = self._llm_function(prompt_length, visual_rows, full, buffers)
-        normalized, scores = self._run(('llm', prompt_length, bucket, full), function, clock, 'llm')
+        function, computed = self._llm_function(prompt_length, visual_rows, full, pruned, buffers)
+        normalized, scores = self._run(('llm', prompt_length, bucket, full, pruned), function, clock, 'llm')
         return normalized.clone(), scores.clone(), computed
 
     def _capture_llm_graphs(self, prompt_length: int, buffers: _LlmBuffers) -> None:
@@ -530,10 +553,13 @@ class CtrEngine:
         new, so the full recompute that follows overwrites whatever the captures wrote)."""
         visual_tokens = self.model.architecture.num_visual_tokens
         every_row = torch.ones(visual_tokens, dtype=torch.bool, device=self.device)
-        shapes = [(bucket, False) for bucket in [0, *bucket_sizes(self.config.row_bucket, visual_tokens)]]
-        for bucket, full in [*shapes, (visual_tokens, True)]:
-            function, _ = self._llm_function(prompt_length, self._select('llm', every_row, bucket), full, buffers)
-            self._graphs.capture(('llm', prompt_length, bucket, full), function)
+        prunings = [False, True] if self.config.llm_prune_layer >= 0 else [False]
+        shapes = [(bucket, False, pruned) for bucket in [0, *bucket_sizes(self.config.row_bucket, visual_tokens)]
+                  for pruned in prunings]
+        for bucket, full, pruned in [*shapes, (visual_tokens, True, False)]:
+            function, _ = self._llm_function(prompt_length, self._select('llm', every_row, bucket), full, pruned,
+                                             buffers)
+            self._graphs.capture(('llm', prompt_length, bucket, full, pruned), function)
 
     def _update_references(self, images: torch.Tensor, reused: torch.Tensor, cache: _Cache,
                            keyframe: bool) -> None:

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser, over_ros: bool) -> None:
         parser.add_argument('--sampled-inits', type=int, nargs=2, metavar=('FIRST', 'LAST'),
                             help="placements drawn from each task's BDDL regions with seeds FIRST..LAST (inclusive)")
     fragility = '' if over_ros else f'{FRAGILITY} (the fragility control), '
-    parser.add_argument('--configs', nargs='+', default=['off', 'paper', 'patch_reference', 'fast'],
+    parser.add_argument('--configs', nargs='+', default=['off', 'paper', 'fast', 'prune_static'],
                         help=f'{", ".join(sorted(CONFIGS))}, {fragility}or parameter files with a ctr: section')
     parser.add_argument('--max-steps', type=int, default=300, help='episode step budget (holds included)')
     parser.add_argument('--resolution', type=int, default=128, help='camera image size of the simulation')
