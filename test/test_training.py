@@ -396,7 +396,7 @@ def test_export_loads_and_predicts_what_the_trained_model_predicts(test_config, 
     _, validation = split_episodes(episodes_from_files(test_config.data_files), test_config.validation_fraction,
                                    test_config.seed)
     episode = validation[0]
-    policy = VlaPolicy(checkpoint, 'libero_goal_no_noops', rotate180=True)
+    policy = VlaPolicy(checkpoint, 'libero_goal_no_noops', rotate180=True, ctr=CtrConfig(enabled=False))
     raw_inputs = (list(episode.images[0]), episode.proprio[0], episode.instruction)
     query = policy.prepare(*raw_inputs)
     np.testing.assert_array_equal(np.stack(query.model_images),

@@ -198,7 +198,7 @@ class CtrEngine:
             raise ValueError(f'attention_layer {layer} out of range for a {num_layers}-layer LLM')
         self.probe_layer = layer % num_layers
         prune = self.config.llm_prune_layer
-        if prune >= num_layers:
+        if self.config.enabled and prune >= num_layers:
             raise ValueError(f'llm_prune_layer {prune} out of range for a {num_layers}-layer LLM')
         if self.config.enabled and 0 <= prune <= self.probe_layer:
             raise ValueError(f'attention_layer {layer} (layer {self.probe_layer}) must come before llm_prune_layer '
