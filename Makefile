@@ -138,8 +138,9 @@ bench-ctr: setup $(BENCH_CHECKPOINT)/config.json
 bench-node: setup $(TINY_CHECKPOINT)/config.json
 	$(VENV_PYTHON) -m ctr_vla_ros.benchmarks.node --checkpoint $(TINY_CHECKPOINT) --record
 
-# The GPU check, on a CUDA machine: OpenVLA-OFT at full size in bf16 with random weights, CTR off/paper/fast/prune_static, eager
-# and with CUDA graphs (ctr_vla_ros/benchmarks/gpu.py). No setup: it runs on the machine's own python3 and PyTorch.
+# The GPU check, on a CUDA machine: OpenVLA-OFT at full size in bf16 with random weights, CTR off, paper, fast and
+# prune_static, eager and with CUDA graphs (ctr_vla_ros/benchmarks/gpu.py). No setup: it runs on the machine's own
+# python3 and PyTorch.
 BENCH_GPU_OUTPUT ?= benchmarks/results
 bench-gpu:
 	python3 -m ctr_vla_ros.benchmarks.gpu --output $(BENCH_GPU_OUTPUT)
