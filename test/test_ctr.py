@@ -276,6 +276,34 @@ def test_a_reuse_query_whose_chunk_jumps_is_rerun_with_full_recompute(checkpoint
     assert second.report.flops.total == pytest.approx(reused.report.flops.total + first.report.flops.total)
 
 
+def test_steady_actions_on_a_static_scene_reuse_the_last_chunk_without_running_the_model(checkpoint,
+                                                                                         libero_sequence):
+    """Action reuse: after two computed chunks that agree, a query whose mask reuses enough tokens gets the last
+    chunk again with no FLOPs; once per `action_reuse_max`, then the model runs again."""
+    config = PRESETS['prune_static'].replace(action_reuse_static=0.9, action_reuse_deviation=1e-4,
+                                             keyframe_interval=1000, input_timeout=1e6)
+    policy = make_policy(checkpoint, config)
+    # Identical inputs: the first two chunks agree (the second is exact, see the identical-input tests).
+    first, second, third, fourth = (policy.predict(*inputs(libero_sequence, 5)) for _ in range(4))
+    assert not second.report.actions_reused and second.report.flops.total > 0
+    assert third.report.actions_reused and third.report.keyframe_reason == ''
+    assert third.report.flops.total == 0 and third.report.full_recompute_flops == first.report.full_recompute_flops
+    np.testing.assert_array_equal(third.normalized_actions, second.normalized_actions)
+    np.testing.assert_array_equal(third.report.llm_reuse, [1.0, 1.0])
+    assert not fourth.report.actions_reused and fourth.report.flops.total > 0  # at most one in a row
+    assert np.abs(fourth.normalized_actions - first.normalized_actions).max() <= EXACT
+
+    # A scene that changed more than the threshold allows, or chunks that disagree, run the model.
+    moving = make_policy(checkpoint, config)
+    for index in (5, 5, 19):
+        moved = moving.predict(*inputs(libero_sequence, index))
+    assert moved.report.llm_reuse.mean() < 0.9 and not moved.report.actions_reused
+    disagreeing = make_policy(checkpoint, config.replace(action_reuse_static=0.01))
+    for index in (5, 19, 19):
+        last = disagreeing.predict(*inputs(libero_sequence, index))
+    assert not last.report.actions_reused and last.report.flops.total > 0
+
+
 def test_a_query_that_reused_nothing_is_not_rerun(checkpoint, libero_sequence):
     nothing_static = REUSE_EVERYTHING.replace(difference_threshold=0.0)
     policy = make_policy(checkpoint, nothing_static)

@@ -74,6 +74,14 @@ class CtrConfig:
     # its FLOPs; reason 'consistency'; 0: never). The policy's chunks join up smoothly when nothing unexpected happens,
     # so a jump right after reuse points at stale tokens rather than at the scene.
     consistency_threshold: float = 0.0
+    # Action reuse, after FlashVLA: no model call at all while the scene and the actions are steady. A query whose mask
+    # reuses at least `action_reuse_static` of the visual tokens (all cameras; 0: never), after two computed chunks
+    # that differ by at most `action_reuse_deviation` (mean absolute difference, normalised action units, gripper
+    # included, so a grasp or a release is never steady), gets the last computed chunk again: no FLOPs, every cache as
+    # it was. At most `action_reuse_max` such queries in a row; keyframes always run the model.
+    action_reuse_static: float = 0.0
+    action_reuse_deviation: float = 0.1
+    action_reuse_max: int = 1
     # Mask-consistency ablation: scale the static threshold on one side only (1.0 and 1.0 = one unified mask).
     vision_threshold_scale: float = 1.0
     llm_threshold_scale: float = 1.0
@@ -107,6 +115,11 @@ class CtrConfig:
                             f'{self.precise_speed} and {self.precise_gripper_change}')
         if self.consistency_threshold < 0:
             problems.append(f'consistency_threshold must be >= 0 (0: off), got {self.consistency_threshold}')
+        if not 0 <= self.action_reuse_static <= 1:
+            problems.append(f'action_reuse_static must be in [0, 1] (0: off), got {self.action_reuse_static}')
+        if self.action_reuse_deviation < 0 or self.action_reuse_max < 1:
+            problems.append(f'action_reuse_deviation must be >= 0 and action_reuse_max >= 1, got '
+                            f'{self.action_reuse_deviation} and {self.action_reuse_max}')
         if self.row_bucket < 1:
             problems.append(f'row_bucket must be >= 1, got {self.row_bucket}')
         if self.keyframe_interval < 1:

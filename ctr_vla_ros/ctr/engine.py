@@ -19,6 +19,8 @@ Per query:
 5. The action head reads the final-norm hidden states one position left of the action slots.
 6. Precise mode (if set): a chunk that moves slowly or changes the gripper command makes the next query a keyframe;
    a query that reused tokens and predicted such a chunk is re-run at once with full recompute (`precise_chunk`).
+   Action reuse (if set): a query whose mask finds the scene static enough after two nearly equal chunks runs no
+   model at all and gets the last chunk again (`ctr.action_reuse_*`).
 
 With a zero mask, or with inputs identical to those that produced the cache and every patch reused, the output
 equals the plain model's, with or without pruning (tests check both).
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from ctr_vla_ros.ctr.config import CtrConfig
-from ctr_vla_ros.ctr.mask import decide_masks, keyframe_masks
+from ctr_vla_ros.ctr.mask import PatchState, decide_masks, keyframe_masks
 from ctr_vla_ros.ctr.static_shapes import CudaGraphs, bucket_size, bucket_sizes, padded_rows
 from ctr_vla_ros.model.attention import AttentionProbe, KeyValueCache, KeyValueNoise
 from ctr_vla_ros.model.checkpoint import PromptTokens
@@ -80,6 +82,7 @@ class StepReport:
     flops: StepFlops
     full_recompute_flops: StepFlops
     times: StageTimes
+    actions_reused: bool = False  # no model ran: the last computed chunk again (ctr.action_reuse_static)
 
     @property
     def keyframe(self) -> bool:
@@ -220,6 +223,8 @@ class CtrEngine:
         self._pending_reason = 'first_query'
         self._precise = False  # the last chunk asked for precise mode (see precise_chunk)
         self._last_action: torch.Tensor | None = None  # the last chunk's last normalised action (consistency guard)
+        self._computed_chunks: list[torch.Tensor] = []  # the last two chunks the model computed (action reuse)
+        self._actions_reused_in_row = 0
         self.visual_noise: VisualNoise | None = None  # the fragility control only (see VisualNoise)
         self._noise_generator = torch.Generator()
         # Allocated once and written in place (captured graphs read them): the step's inputs and every cache.
@@ -256,6 +261,8 @@ class CtrEngine:
         self._pending_reason = reason
         self._precise = False
         self._last_action = None
+        self._computed_chunks = []
+        self._actions_reused_in_row = 0
         self.reset_count += 1
         if self.visual_noise is not None:
             self._noise_generator.manual_seed(self.visual_noise.seed)
@@ -284,6 +291,10 @@ class CtrEngine:
         stamp), used for the input-gap keyframe; default: now."""
         now = time.monotonic() if timestamp is None else timestamp
         reason = self._keyframe_reason(query, now)
+        if not reason and self._actions_steady():
+            reused = self._reuse_actions(query, now)
+            if reused is not None:
+                return reused
         normalized, report = self._compute(query, now, reason)
         precise = precise_chunk(normalized, self.config)
         rerun = ''
@@ -299,8 +310,47 @@ class CtrEngine:
             precise = precise_chunk(normalized, self.config)
         self._precise = precise
         self._last_action = normalized[-1].clone()
+        self._computed_chunks = [*self._computed_chunks[-1:], normalized.clone()]
+        self._actions_reused_in_row = 0
         self.query_index += 1
         return normalized, report
+
+    def _actions_steady(self) -> bool:
+        """Action reuse is on, allowed once more in a row, and the last two computed chunks nearly agree."""
+        config = self.config
+        if config.action_reuse_static <= 0 or len(self._computed_chunks) < 2 or \
+                self._actions_reused_in_row >= config.action_reuse_max:
+            return False
+        previous, last = self._computed_chunks
+        return float((last - previous).abs().mean()) <= config.action_reuse_deviation
+
+    def _reuse_actions(self, query: ModelInput, now: float) -> tuple[torch.Tensor, StepReport] | None:
+        """The last computed chunk again, if this query's mask reuses at least `action_reuse_static` of the visual
+        tokens; None otherwise (the model runs). Nothing is computed and no cache changes: the next query's mask still
+        compares with the pixels the caches hold."""
+        config, cache = self.config, self._cache
+        architecture = self.model.architecture
+        clock = _StageClock(self.device)
+        started = clock.mark()
+        images = torch.from_numpy(np.stack(query.model_images)).to(self.device)
+        masks = decide_masks(images, cache.references, cache.attention_scores, config)
+        if float(masks.reuse_llm.float().mean()) < config.action_reuse_static:  # the one read: on or not
+            return None
+        clock.span('mask', started, clock.mark())
+        cache.queries_since_keyframe += 1
+        cache.last_time = now
+        self._actions_reused_in_row += 1
+        num_images, patches = architecture.action.num_images, architecture.patches_per_image
+        full = count_step_flops(architecture, len(query.prompt_ids))
+        report = StepReport(
+            query_index=self.query_index, keyframe_reason='',
+            patch_states=np.full((num_images, patches), PatchState.REUSED, dtype=np.uint8),
+            attention_scores=cache.attention_scores.view(num_images, patches).cpu().numpy(),
+            vision_reuse=np.ones(num_images, dtype=np.float32), llm_reuse=np.ones(num_images, dtype=np.float32),
+            flops=StepFlops({kind: 0.0 for kind in full.vision}, 0.0, 0.0, 0.0, 0.0), full_recompute_flops=full,
+            times=clock.times(), actions_reused=True)
+        self.query_index += 1
+        return self._computed_chunks[-1].clone(), report
 
     def _inconsistent(self, normalized: torch.Tensor) -> bool:
         """Does this chunk start further than `consistency_threshold` from where the previous one ended?"""

@@ -38,6 +38,10 @@ CONFIGS: dict[str, CtrConfig] = {
     # prune_static with the consistency guard at 0.4: on small_llm4 with full recompute, 95% of consecutive chunks
     # start within 0.4 (normalised translation) of where the previous one ended (3925 pairs of the 201-episode run).
     'prune_static_guarded': PRESETS['prune_static'].replace(consistency_threshold=0.4),
+    # prune_static with action reuse after FlashVLA: the last chunk again, no model run, when the mask reuses at least
+    # half of the visual tokens after two chunks that differ by at most 0.1 on average (with full recompute on
+    # small_llm4, consecutive chunks differ by 0.12 at the median: 3055 pairs of the 200-episode run), once in a row.
+    'prune_static_action_reuse': PRESETS['prune_static'].replace(action_reuse_static=0.5, action_reuse_deviation=0.1),
 }
 FRAGILITY = 'fragility'
 FRAGILITY_OF = 'paper'  # the configuration whose deviation the fragility control reproduces

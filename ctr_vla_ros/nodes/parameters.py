@@ -99,7 +99,8 @@ def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
         'keyframe_interval': 'recompute everything every N queries',
         'input_timeout': 'a gap between queries longer than this (s) forces a keyframe',
         'llm_reuse_start_layer': 'first LLM layer that keeps cached visual K/V',
-        'llm_prune_layer': 'from this LLM layer on, reused visual tokens are pruned instead of cached (-1: never)',
+        'llm_prune_layer': 'from this LLM layer on, reused visual tokens are pruned instead of cached, unless no input '
+                           'changed since the keyframe (-1: never)',
         'precise_speed': 'precise mode: full recompute while the predicted chunk moves slower than this '
                          '(mean normalised translation; 0: never)',
         'precise_gripper_change': 'precise mode: full recompute while the predicted gripper command spans more than '
@@ -107,6 +108,11 @@ def ctr_parameter_specs(prefix: str = 'ctr.') -> list[ParameterSpec]:
         'precise_requery': 'precise mode: a reuse query that predicts a precise chunk is re-run with full recompute',
         'consistency_threshold': 'a reuse query whose chunk starts further than this (normalised translation) from '
                                  'where the last chunk ended is re-run with full recompute (0: never)',
+        'action_reuse_static': 'action reuse: no model run, the last chunk again, when the mask reuses at least this '
+                               'share of the visual tokens after two steady chunks (0: never)',
+        'action_reuse_deviation': 'action reuse: the last two computed chunks are steady when they differ by at most '
+                                  'this (mean absolute, normalised units)',
+        'action_reuse_max': 'action reuse: at most this many queries in a row without a model run',
         'vision_threshold_scale': 'ablation: static-threshold scale on the vision side only',
         'llm_threshold_scale': 'ablation: static-threshold scale on the LLM side only',
         'row_bucket': 'pad recomputed rows to a multiple of this (static shapes; 1: exact counts)',
