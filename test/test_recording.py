@@ -155,9 +155,13 @@ def test_sweep_writes_the_plot_and_the_recommended_parameter_file(converted, tin
                        '--caps', '120', '0', '--keyframe-intervals', '5'])
     assert code == 0
     result = json.loads((output / 'sweep.json').read_text())
-    assert len(result['settings']) == 12 + 4  # the grid and the presets paper, patch_reference, fast, prune_static
+    # The grid (3 thresholds x 2 top-K x 2 caps x no pruning or from layer 1) and the presets paper,
+    # patch_reference, fast, prune_static.
+    assert len(result['settings']) == 24 + 4
     assert result['queries'] == 6 and (output / 'sweep.png').stat().st_size > 10_000
     points = result['settings']
+    assert points['gray0.004_k32_cap0_kf5']['config']['llm_prune_layer'] == -1
+    assert points['gray0.004_k32_cap0_kf5_prune1']['config']['llm_prune_layer'] == 1
     best = max(points, key=lambda name: points[name]['flops_reduction'])
     assert result['recommended'] == best and best in result['pareto_front']
     for name in result['pareto_front']:  # nothing on the front is beaten on both axes

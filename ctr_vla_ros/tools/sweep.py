@@ -39,23 +39,27 @@ def grid(base: CtrConfig, args: argparse.Namespace) -> dict[str, CtrConfig]:
     thresholds = ([('gray_difference', value) for value in args.thresholds]
                   + [('rgb_cosine', value) for value in args.cosine_thresholds])
     settings = {}
-    # Precise mode and the consistency guard keep the recording's own settings unless the command line sweeps them.
+    # Precise mode, the consistency guard and action reuse keep the recording's own settings unless the command line
+    # sweeps them.
     precise = list(itertools.product(args.precise_speeds or [base.precise_speed],
                                      args.precise_gripper_changes or [base.precise_gripper_change]))
     guards = args.consistency_thresholds or [base.consistency_threshold]
-    for (metric, threshold), top_k, cap, interval, prune, (speed, gripper), guard in itertools.product(
-            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers, precise, guards):
+    action_reuses = args.action_reuse_statics or [base.action_reuse_static]
+    for (metric, threshold), top_k, cap, interval, prune, (speed, gripper), guard, action_reuse in itertools.product(
+            thresholds, args.top_k, args.caps, args.keyframe_intervals, args.prune_layers, precise, guards,
+            action_reuses):
         threshold_field = 'difference_threshold' if metric == 'gray_difference' else 'cosine_threshold'
         name = f"{'gray' if metric == 'gray_difference' else 'cos'}{threshold:g}_k{top_k}_cap{cap}_kf{interval}"
         name += f'_prune{prune}' if prune >= 0 else ''
         name += f'_precise{speed:g}g{gripper:g}' if speed > 0 or gripper > 0 else ''
         name += f'_guard{guard:g}' if guard > 0 else ''
+        name += f'_actionreuse{action_reuse:g}' if action_reuse > 0 else ''
         # A pruned setting's task relevance is read at layer 0, which every token reaches.
-        pruning = {'llm_prune_layer': prune, 'attention_layer': 0} if prune >= 0 else {}
         settings[name] = base.replace(
             enabled=True, static_metric=metric, top_k=top_k, max_reuse_per_image=cap, keyframe_interval=interval,
-            precise_speed=speed, precise_gripper_change=gripper, consistency_threshold=guard,
-            **{threshold_field: threshold}, **pruning)
+            llm_prune_layer=prune, attention_layer=0 if prune >= 0 else base.attention_layer, precise_speed=speed,
+            precise_gripper_change=gripper, consistency_threshold=guard, action_reuse_static=action_reuse,
+            **{threshold_field: threshold})
     return settings
 
 
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--top-k', type=int, nargs='+', default=[32, 160])
     parser.add_argument('--caps', type=int, nargs='+', default=[120, 0], help='max_reuse_per_image values')
     parser.add_argument('--keyframe-intervals', type=int, nargs='+', default=[5, 10])
-    parser.add_argument('--prune-layers', type=int, nargs='+', default=[-1],
+    parser.add_argument('--prune-layers', type=int, nargs='+', default=[-1, 1],
                         help='llm_prune_layer values (-1: none; else 1 .. LLM layers - 1)')
     parser.add_argument('--precise-speeds', type=float, nargs='+',
                         help="precise_speed values (precise mode below this mean translation; 0: never; default: "
@@ -127,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--consistency-thresholds', type=float, nargs='+',
                         help="consistency_threshold values (a reuse chunk that jumps further is recomputed; 0: never; "
                         "default: the recording's)")
+    parser.add_argument('--action-reuse-statics', type=float, nargs='+',
+                        help="action_reuse_static values (no model run while this share of tokens is static and the "
+                        "chunks are steady; 0: never; default: the recording's)")
     closed_loop = parser.add_argument_group('closed loop', 'check the best settings in a LIBERO simulation')
     closed_loop.add_argument('--closed-loop', type=int, default=0, metavar='N',
                              help='evaluate the N acceptable settings that save the most FLOPs (0: none)')
