@@ -318,10 +318,12 @@ def test_results_resume_take_more_configurations_and_start_over_on_other_episode
     again = Results(output, settings(off=off, fragility=fragility))
     assert again.done == {('off', 1, 'fixed-40'), ('fragility', 1, 'fixed-40')}
     assert [item['queries'] for item in read_query_log(again.query_log)] == [[{'step': 1}]] * 2
-    # A file written before a CTR setting existed: the setting takes its default, and nothing starts over.
+    # A file written before a CTR setting existed: the setting takes its default, and nothing starts over; nor
+    # does a change of the defaults, which a disabled engine does not read.
     stored = json.loads(output.read_text())
     for definition in stored['settings']['configurations'].values():
         del definition['ctr']['row_bucket'], definition['ctr']['cuda_graphs']
+        definition['ctr'].update(top_k=160, llm_prune_layer=-1)
     output.write_text(json.dumps(stored))
     assert Results(output, settings(off=off, fragility=fragility)).done == again.done
     # Another configuration joins the same episodes: the others stay, and so does one not asked for this time.

@@ -53,7 +53,10 @@ class Configuration:
     noise: VisualNoise | None = None  # the fragility control only
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # A disabled engine reads no other CTR setting: those are stored as the defaults, so that a change of the
+        # defaults leaves `off` (and the fragility control) the configuration it was, and its episodes are kept.
+        ctr = self.ctr if self.ctr.enabled else CtrConfig(enabled=False)
+        return dataclasses.asdict(dataclasses.replace(self, ctr=ctr))
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> Configuration:
