@@ -291,11 +291,11 @@ class CtrEngine:
         stamp), used for the input-gap keyframe; default: now."""
         now = time.monotonic() if timestamp is None else timestamp
         reason = self._keyframe_reason(query, now)
-        if not reason and self._actions_steady():
-            reused = self._reuse_actions(query, now)
-            if reused is not None:
-                return reused
-        normalized, report = self._compute(query, now, reason)
+        normalized, report = self._compute(query, now, reason, may_reuse_actions=not reason and self._actions_steady())
+        if report.actions_reused:
+            self._actions_reused_in_row += 1
+            self.query_index += 1
+            return normalized, report
         precise = precise_chunk(normalized, self.config)
         rerun = ''
         if report.vision_reuse.any() or report.llm_reuse.any():
@@ -324,32 +324,22 @@ class CtrEngine:
         previous, last = self._computed_chunks
         return float((last - previous).abs().mean()) <= config.action_reuse_deviation
 
-    def _reuse_actions(self, query: ModelInput, now: float) -> tuple[torch.Tensor, StepReport] | None:
-        """The last computed chunk again, if this query's mask reuses at least `action_reuse_static` of the visual
-        tokens; None otherwise (the model runs). Nothing is computed and no cache changes: the next query's mask still
-        compares with the pixels the caches hold."""
-        config, cache = self.config, self._cache
-        architecture = self.model.architecture
-        clock = _StageClock(self.device)
-        started = clock.mark()
-        images = torch.from_numpy(np.stack(query.model_images)).to(self.device)
-        masks = decide_masks(images, cache.references, cache.attention_scores, config)
-        if float(masks.reuse_llm.float().mean()) < config.action_reuse_static:  # the one read: on or not
-            return None
-        clock.span('mask', started, clock.mark())
+    def _reused_actions(self, query: ModelInput, now: float, previous_scores: torch.Tensor,
+                        clock: _StageClock) -> tuple[torch.Tensor, StepReport]:
+        """The last computed chunk again, and the report of a query that ran no model: no FLOPs, and no cache changes
+        but the query count and time, so the next query's mask still compares with the pixels the caches hold."""
+        cache, architecture = self._cache, self.model.architecture
         cache.queries_since_keyframe += 1
         cache.last_time = now
-        self._actions_reused_in_row += 1
         num_images, patches = architecture.action.num_images, architecture.patches_per_image
         full = count_step_flops(architecture, len(query.prompt_ids))
         report = StepReport(
             query_index=self.query_index, keyframe_reason='',
             patch_states=np.full((num_images, patches), PatchState.REUSED, dtype=np.uint8),
-            attention_scores=cache.attention_scores.view(num_images, patches).cpu().numpy(),
+            attention_scores=previous_scores.view(num_images, patches).cpu().numpy(),
             vision_reuse=np.ones(num_images, dtype=np.float32), llm_reuse=np.ones(num_images, dtype=np.float32),
             flops=StepFlops({kind: 0.0 for kind in full.vision}, 0.0, 0.0, 0.0, 0.0), full_recompute_flops=full,
             times=clock.times(), actions_reused=True)
-        self.query_index += 1
         return self._computed_chunks[-1].clone(), report
 
     def _inconsistent(self, normalized: torch.Tensor) -> bool:
@@ -359,8 +349,11 @@ class CtrEngine:
             return False
         return float((normalized[0, :3] - self._last_action[:3]).norm()) > threshold
 
-    def _compute(self, query: ModelInput, now: float, reason: str) -> tuple[torch.Tensor, StepReport]:
-        """One run of the model on this query: a keyframe if `reason` is set, with reuse otherwise."""
+    def _compute(self, query: ModelInput, now: float, reason: str,
+                 may_reuse_actions: bool = False) -> tuple[torch.Tensor, StepReport]:
+        """One run of the model on this query: a keyframe if `reason` is set, with reuse otherwise; or, if
+        `may_reuse_actions` (the last chunks are steady) and the mask reuses at least `action_reuse_static` of the
+        visual tokens, no run at all (see `_reused_actions`)."""
         config, model = self.config, self.model
         architecture = model.architecture
         num_images, patches = architecture.action.num_images, architecture.patches_per_image
@@ -386,6 +379,9 @@ class CtrEngine:
         values = torch.cat(reads).tolist()
         counts = values[:num_images + 1]
         clock.span('mask', started, clock.mark())
+        visual_tokens = num_images * patches
+        if may_reuse_actions and (visual_tokens - counts[-1]) / visual_tokens >= config.action_reuse_static:
+            return self._reused_actions(query, now, previous_scores, clock)
 
         if reason:
             self._cache = _Cache(images, torch.empty(0), query.prompt_ids, query.camera_shapes, 0, now, images,

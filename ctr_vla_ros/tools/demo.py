@@ -9,8 +9,8 @@ launch file applies for robot:=sim (config/robot_sim.yaml, the checkpoint and us
 record:=true starts it.
 
 By default the policy is the one trained by this package (models/libero_goal_small_llm4) on a LIBERO-Goal task it
-solves, from an initial state it never saw in training. `--random-weights` runs a tiny RANDOM-WEIGHT checkpoint instead: the
-arm then moves meaninglessly, and the summary says so.
+solves, from an initial state it never saw in training. `--random-weights` runs a tiny RANDOM-WEIGHT checkpoint
+instead: the arm then moves meaninglessly, and the summary says so.
 
     python -m ctr_vla_ros.tools.demo [--steps 300] [--output demo_output] [--task 1] [--init-state 40]
     python -m ctr_vla_ros.tools.demo --random-weights --steps 120
